@@ -1,1 +1,3 @@
 //! placeholder
+pub mod channel;
+pub mod hypervisor;
