@@ -8,11 +8,13 @@
 mod args;
 mod clock;
 mod layout;
+pub mod memory;
 pub mod probe;
 mod process;
 mod qmp;
 
 pub use args::kernel_cmdline;
+pub use clock::host_tsc_khz;
 pub use layout::Layout;
 pub use probe::Verdict;
 
@@ -23,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
 /// How the driver picks the acceleration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +42,7 @@ pub struct QemuConfig {
     pub accel: AccelPolicy,
     /// TCG translation cache per VM, MiB.
     pub tcg_tb_size_mib: u32,
-    /// Where the KVM probe's verdict is cached between runs; `None` probes once per driver.
+    /// Where the KVM probe's verdict is cached between runs; `None` probes once per process.
     pub state_dir: Option<PathBuf>,
     /// How long a VM may take from spawning to its guest running.
     pub start_timeout: Duration,
@@ -69,15 +70,11 @@ struct StartedVm {
 
 pub struct QemuDriver {
     config: QemuConfig,
-    verdict: OnceCell<Verdict>,
 }
 
 impl QemuDriver {
     pub fn new(config: QemuConfig) -> Self {
-        Self {
-            config,
-            verdict: OnceCell::new(),
-        }
+        Self { config }
     }
 
     pub fn config(&self) -> &QemuConfig {
@@ -95,17 +92,14 @@ impl QemuDriver {
                 accel: Accel::Tcg,
                 reason: "configured".into(),
             },
-            AccelPolicy::Auto => self
-                .verdict
-                .get_or_init(|| {
-                    probe::decide(
-                        &self.config.binary,
-                        kernel,
-                        self.config.state_dir.as_deref(),
-                    )
-                })
+            AccelPolicy::Auto => {
+                probe::decide(
+                    &self.config.binary,
+                    kernel,
+                    self.config.state_dir.as_deref(),
+                )
                 .await
-                .clone(),
+            }
         }
     }
 

@@ -10,13 +10,14 @@ use super::args::{self, MachineOptions};
 use super::layout::Layout;
 use crate::hypervisor::{Accel, BootSource, ChannelSpec, VmSpec};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A KVM guest reaches `/init` in well under a second; TCG takes ~1.5 s. Past this the
 /// guest is stuck, which is the failure we are looking for.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// What the probe's init writes on the console.
 const MARKER: &[u8] = b"ALEPH-KVM-PROBE-OK\n";
@@ -36,8 +37,26 @@ struct Cached {
     verdict: Verdict,
 }
 
-/// Decides, using the cache in `state_dir` when it has a verdict for this boot.
+/// Verdicts of this process, by QEMU binary and kernel. The lock is held while probing
+/// so that VMs starting together wait for one probe instead of running one each.
+static DECIDED: tokio::sync::Mutex<BTreeMap<(PathBuf, PathBuf), Verdict>> =
+    tokio::sync::Mutex::const_new(BTreeMap::new());
+
+/// Decides, using what this process or (through `state_dir`) an earlier one found
+/// since the host booted.
 pub async fn decide(qemu: &Path, kernel: &Path, state_dir: Option<&Path>) -> Verdict {
+    let mut decided = DECIDED.lock().await;
+    let key = (qemu.to_path_buf(), kernel.to_path_buf());
+    if let Some(verdict) = decided.get(&key) {
+        return verdict.clone();
+    }
+    let verdict = decide_uncached(qemu, kernel, state_dir).await;
+    tracing::info!(accel = ?verdict.accel, "QEMU acceleration: {}", verdict.reason);
+    decided.insert(key, verdict.clone());
+    verdict
+}
+
+async fn decide_uncached(qemu: &Path, kernel: &Path, state_dir: Option<&Path>) -> Verdict {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .unwrap_or_default()
         .trim()
