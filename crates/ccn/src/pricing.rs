@@ -18,7 +18,8 @@ pub const EXTRA_DISK_HOLD_PER_MIB: f64 = 0.05;
 pub const EXTRA_DISK_CREDITS_PER_MIB_HOUR: f64 = 0.1;
 /// Extra disk, pay-as-you-go (ALEPH per MiB-hour). Our own figure.
 pub const EXTRA_DISK_PAYG_PER_MIB_HOUR: f64 = 0.000_003_5;
-/// Stored files up to this size are free (the unauthenticated upload limit).
+/// Stored files up to this size are free (the unauthenticated upload limit);
+/// larger ones are charged for their whole size.
 pub const FREE_FILE_BYTES: u64 = crate::files::MAX_UNAUTHENTICATED_FILE_SIZE;
 /// Stored files beyond the free size, held (ALEPH per MiB).
 pub const FILE_HOLD_PER_MIB: f64 = 1.0 / 3.0;

@@ -1,0 +1,225 @@
+//! Files: multipart and raw uploads, add_json, raw downloads, STOREs with their file.
+
+mod common;
+
+use common::{TestNode, Wallet, sha256_hex};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    upload_and_download,
+    upload_with_signed_store,
+    large_file_needs_a_signed_store,
+    store_rejected_with_its_file_keeps_nothing,
+    store_after_file_is_processed,
+);
+
+async fn upload_and_download(node: TestNode) {
+    let bytes = b"hello aleph".to_vec();
+    let hash = node.upload(bytes.clone()).await;
+    assert_eq!(hash, sha256_hex(&bytes));
+    let response = node
+        .http
+        .get(node.url(&format!("/api/v0/storage/raw/{hash}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    let head = node
+        .http
+        .head(node.url(&format!("/api/v0/storage/raw/{hash}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        bytes.len().to_string().as_str()
+    );
+
+    // A plain body.
+    let raw = node
+        .http
+        .post(node.url("/api/v0/storage/add_file"))
+        .body(b"raw body".to_vec())
+        .send()
+        .await
+        .unwrap();
+    let raw: Value = raw.json().await.unwrap();
+    assert_eq!(raw["status"], "success");
+    assert_eq!(raw["hash"], sha256_hex(b"raw body"));
+
+    // JSON documents.
+    let doc = br#"{"a": [1, 2]}"#;
+    let response = node
+        .http
+        .post(node.url("/api/v0/storage/add_json"))
+        .body(doc.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["hash"], sha256_hex(doc));
+    let response = node
+        .http
+        .post(node.url("/api/v0/storage/add_json"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+
+    assert_eq!(node.rows().await.files, 3);
+    let (status, body) = node
+        .get_json(&format!("/api/v0/storage/raw/{}", "e".repeat(64)))
+        .await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+    let (status, _) = node
+        .get_json("/api/v0/storage/raw/..%2F..%2Fetc%2Fpasswd")
+        .await;
+    assert_eq!(status, 400);
+}
+
+async fn upload_with_signed_store(node: TestNode) {
+    let alice = Wallet::random();
+    let bytes = b"stored file".to_vec();
+    let store_hash = node.upload_stored(&alice, bytes.clone()).await;
+    let (_, got) = node
+        .get_json(&format!("/api/v0/messages/{store_hash}"))
+        .await;
+    assert_eq!(got["status"], "processed");
+    assert_eq!(got["message"]["content"]["item_hash"], sha256_hex(&bytes));
+    assert_eq!(got["message"]["content"]["size"], bytes.len());
+    let (_, by_content) = node
+        .get_json(&format!(
+            "/api/v0/messages.json?contentHashes={}",
+            sha256_hex(&bytes)
+        ))
+        .await;
+    assert_eq!(by_content["pagination_total"], 1);
+}
+
+async fn large_file_needs_a_signed_store(node: TestNode) {
+    let alice = Wallet::random();
+    let big = vec![1u8; 26 * 1024 * 1024];
+    // Beyond the free size, a file is held for at 1/3 ALEPH per MiB: 26 MiB need 8.67.
+    let store = alice.store(&sha256_hex(&big));
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(big.clone()))
+        .text(
+            "metadata",
+            json!({"message": store, "sync": true}).to_string(),
+        );
+    let before = node.rows().await;
+    let response = node
+        .http
+        .post(node.url("/api/v0/storage/add_file"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error_code"], 5, "{body}");
+    assert_eq!(node.rows().await, before);
+
+    node.fund(&alice, 9.0, 0).await;
+    let store_hash = node.upload_stored(&alice, big.clone()).await;
+    let (_, balance) = node
+        .get_json(&format!("/api/v0/addresses/{}/balance", alice.address()))
+        .await;
+    assert!(
+        (balance["locked_amount"].as_f64().unwrap() - 26.0 / 3.0).abs() < 1e-6,
+        "{balance}"
+    );
+    let (_, got) = node
+        .get_json(&format!("/api/v0/messages/{store_hash}"))
+        .await;
+    assert_eq!(got["message"]["content"]["size"], big.len());
+    let head = node
+        .http
+        .head(node.url(&format!("/api/v0/storage/raw/{}", sha256_hex(&big))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
+
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![2u8; 26 * 1024 * 1024]),
+    );
+    let response = node
+        .http
+        .post(node.url("/api/v0/storage/add_file"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+}
+
+async fn store_rejected_with_its_file_keeps_nothing(node: TestNode) {
+    let alice = Wallet::random();
+    let mallory = Wallet::random();
+    let bytes = b"orphan".to_vec();
+    let mut store = alice.store(&sha256_hex(&bytes));
+    mallory.sign(&mut store);
+    let before = node.rows().await;
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(bytes.clone()))
+        .text(
+            "metadata",
+            json!({"message": store, "sync": true}).to_string(),
+        );
+    let response = node
+        .http
+        .post(node.url("/api/v0/storage/add_file"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error_code"], 1);
+    assert_eq!(node.rows().await, before);
+    let (status, _) = node
+        .get_json(&format!("/api/v0/storage/raw/{}", sha256_hex(&bytes)))
+        .await;
+    assert_eq!(status, 404);
+
+    // A STORE naming another file than the one uploaded.
+    let wrong = alice.store(&sha256_hex(b"another file"));
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(bytes.clone()))
+        .text(
+            "metadata",
+            json!({"message": wrong, "sync": true}).to_string(),
+        );
+    let response = node
+        .http
+        .post(node.url("/api/v0/storage/add_file"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    assert_eq!(node.rows().await, before);
+}
+
+async fn store_after_file_is_processed(node: TestNode) {
+    let alice = Wallet::random();
+    let hash = node.upload(b"first the file".to_vec()).await;
+    let store = alice.store(&hash);
+    node.accept(&store).await;
+    let (_, got) = node
+        .get_json(&format!(
+            "/api/v0/messages/{}",
+            store["item_hash"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(got["message"]["content"]["size"], 14);
+}
