@@ -88,6 +88,18 @@ fn http_reason(status: u16) -> String {
 pub struct Accepted {
     /// `processed` or `pending`.
     pub status: String,
+    /// Why a pending message waits (a missing target or file), as the CCN put it.
+    pub pending_reason: Option<String>,
+}
+
+impl Accepted {
+    /// `processed`, or `pending: code 501 (FORGET target not found): ...`.
+    pub fn describe(&self) -> String {
+        match &self.pending_reason {
+            Some(reason) => format!("{}: {reason}", self.status),
+            None => self.status.clone(),
+        }
+    }
 }
 
 pub struct CcnClient {
@@ -136,7 +148,17 @@ impl CcnClient {
                 "processed"
             })
             .to_owned();
-        Ok(Accepted { status })
+        let details = &answer["details"];
+        let pending_reason = match (details["error_code"].as_i64(), details["reason"].as_str()) {
+            (Some(code), Some(reason)) => Some(format!("{}: {reason}", rejection::describe(code))),
+            (Some(code), None) => Some(rejection::describe(code)),
+            (None, Some(reason)) => Some(reason.to_owned()),
+            (None, None) => None,
+        };
+        Ok(Accepted {
+            status,
+            pending_reason,
+        })
     }
 
     /// Turns a refused post into an error with its rejection code: from the

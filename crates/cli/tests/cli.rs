@@ -356,6 +356,17 @@ async fn messages_are_listed_and_forgotten_and_a_rejection_shows_its_code() {
     let unknown = net.aleph(&["message", "get", &"ab".repeat(32)]).await;
     assert!(!unknown.status.success());
 
+    // Forgetting a message the CCN has not seen yet waits for it, and says why.
+    let waiting = net
+        .funded_json(&["message", "forget", &"cd".repeat(32)])
+        .await;
+    assert_eq!(waiting["status"], "pending");
+    let reason = waiting["pending_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("code 501 (FORGET target not found)"),
+        "{reason}"
+    );
+
     net.ccn.shutdown().await;
 }
 

@@ -46,7 +46,7 @@ async fn post(ctx: &Context, key: String, content: &str, channel: Option<String>
         content,
     };
     let client = ctx.client()?;
-    let (message, status) = publish(
+    let (message, accepted) = publish(
         &client,
         &signer,
         MessageType::Aggregate,
@@ -56,15 +56,17 @@ async fn post(ctx: &Context, key: String, content: &str, channel: Option<String>
     .await?;
     let value = json!({
         "item_hash": message.item_hash.to_string(),
-        "status": status,
+        "status": accepted.status,
+        "pending_reason": accepted.pending_reason,
         "address": signer.address(),
         "key": key,
     });
     ctx.out.result(&value, || {
         format!(
-            "aggregate {key} of {} posted: {} ({status})",
+            "aggregate {key} of {} posted: {} ({})",
             signer.address(),
-            message.item_hash
+            message.item_hash,
+            accepted.describe()
         )
     });
     Ok(())

@@ -164,17 +164,19 @@ async fn forget(
         .collect::<Result<Vec<_>>>()?;
     let content = ForgetContent::new(targets, Vec::new(), reason);
     let client = ctx.client()?;
-    let (message, status) =
+    let (message, accepted) =
         publish(&client, &signer, MessageType::Forget, &content, channel).await?;
     let value = json!({
         "item_hash": message.item_hash.to_string(),
-        "status": status,
-        "forgotten": hashes,
+        "status": accepted.status,
+        "pending_reason": accepted.pending_reason,
+        "targets": hashes,
     });
     ctx.out.result(&value, || {
         format!(
-            "FORGET {} posted ({status}) for {}",
+            "FORGET {} posted ({}) for {}",
             message.item_hash,
+            accepted.describe(),
             hashes.join(", ")
         )
     });

@@ -5,7 +5,7 @@ pub mod aggregate;
 pub mod file;
 pub mod message;
 
-use crate::client::CcnClient;
+use crate::client::{Accepted, CcnClient};
 use crate::signing::Signer;
 use aleph_types::message::MessageType;
 use aleph_types::message::pending::PendingMessage;
@@ -21,10 +21,10 @@ pub async fn publish(
     message_type: MessageType,
     content: &impl Serialize,
     channel: Option<String>,
-) -> Result<(PendingMessage, String)> {
+) -> Result<(PendingMessage, Accepted)> {
     let message = signer.sign(message_type, to_object(content)?, channel)?;
     let accepted = client.post_message(&message).await?;
-    Ok((message, accepted.status))
+    Ok((message, accepted))
 }
 
 /// A typed message content as the JSON object it is on the wire.
