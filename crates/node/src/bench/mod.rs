@@ -1,5 +1,6 @@
 //! `aleph-node bench <what>`: benchmarks that print ratios against a baseline measured in the same run.
 
+mod ccn;
 mod vm;
 
 #[derive(clap::Args)]
@@ -10,12 +11,15 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum What {
+    /// Signed messages accepted per second by a CCN on SQLite, p50/p99 latency, against signature verification alone.
+    Ccn(ccn::Args),
     /// Start a program VM to its first answer, against a bare QEMU reference; QEMU memory per idle VM.
     Vm(vm::Args),
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
+        What::Ccn(args) => ccn::run(args).await,
         What::Vm(args) => vm::run(args).await,
     }
 }
