@@ -68,7 +68,9 @@ pub struct Ccn {
     /// Each processed message, for websocket subscribers.
     pub events: broadcast::Sender<Arc<MessageRecord>>,
     /// One writer at a time: checks that read state and the writes they allow
-    /// must not interleave (balances, aggregates, FORGET targets).
+    /// must not interleave (balances, aggregates, FORGET targets), and SQLite
+    /// fails rather than waits when a reading transaction must become a writer
+    /// while another one writes. Every write to the database takes it.
     writer: Mutex<()>,
     pending_notify: Notify,
     /// Set to true when the node stops; long-lived handlers (websockets) watch it.
@@ -102,6 +104,11 @@ impl Ccn {
             pending_notify: Notify::new(),
             stop: watch::channel(false).0,
         }))
+    }
+
+    /// Holds the writer lock for writes made outside message processing.
+    pub async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
     }
 
     /// A receiver that changes when the node stops.

@@ -91,6 +91,10 @@ async fn upload_with_signed_store(node: TestNode) {
     assert_eq!(got["status"], "processed");
     assert_eq!(got["message"]["content"]["item_hash"], sha256_hex(&bytes));
     assert_eq!(got["message"]["content"]["size"], bytes.len());
+    // The official types read a STORE as served, with the fields the CCN adds.
+    let parsed: aleph_types::message::Message =
+        serde_json::from_value(got["message"].clone()).unwrap();
+    parsed.verify_signature().unwrap();
     let (_, by_content) = node
         .get_json(&format!(
             "/api/v0/messages.json?contentHashes={}",

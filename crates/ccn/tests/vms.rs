@@ -46,6 +46,15 @@ async fn program_with_dependencies_and_price(node: TestNode) {
     assert_rejected(status, &body, 422, 5);
     node.fund(&alice, 400.0, 0).await;
     node.accept(&message).await;
+    let (_, got) = node
+        .get_json(&format!("/api/v0/messages/{}", hash(&message)))
+        .await;
+    let parsed: aleph_types::message::Message =
+        serde_json::from_value(got["message"].clone()).unwrap();
+    assert!(matches!(
+        parsed.content(),
+        aleph_types::message::MessageContentEnum::Program(_)
+    ));
 
     let (status, price) = node
         .get_json(&format!("/api/v0/price/{}", hash(&message)))

@@ -61,4 +61,12 @@ async fn history_then_live_messages(node: TestNode) {
 
     let (status, body) = node.get_json("/api/ws0/messages?history=nope").await;
     assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("history"),
+        "{body}"
+    );
+    // Not a websocket request: still a JSON error.
+    let (status, body) = node.get_json("/api/ws0/messages").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
 }

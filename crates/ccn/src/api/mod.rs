@@ -36,7 +36,33 @@ pub fn router(ccn: Arc<Ccn>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(ccn)
+}
+
+/// Extractor rejections of axum (bad path, missing upgrade headers…) answer in
+/// plain text; this turns every error that is not JSON yet into `{"error": "..."}`.
+async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+    let is_error = response.status().is_client_error() || response.status().is_server_error();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_error || is_json {
+        return response;
+    }
+    let status = response.status();
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    axum::response::IntoResponse::into_response(ApiError::new(status, message))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -37,6 +37,7 @@ fn too_large(limit: u64, signed: bool) -> ApiError {
 
 /// Records a received file and moves it into the store; returns whether it was new.
 async fn keep(ccn: &Ccn, received: &ReceivedFile, kind: &str) -> Result<bool, ApiError> {
+    let _writer = ccn.write_lock().await;
     let new = ccn.files.commit(received).await?;
     files::upsert(
         &ccn.db.pool,
@@ -53,6 +54,7 @@ async fn keep(ccn: &Ccn, received: &ReceivedFile, kind: &str) -> Result<bool, Ap
 
 /// Undoes `keep` for a file that only a rejected STORE wanted.
 async fn forget_new_file(ccn: &Ccn, hash: &str) {
+    let _writer = ccn.write_lock().await;
     if let Err(e) = files::delete(&ccn.db.pool, hash).await {
         tracing::warn!("cannot drop file record {hash}: {e}");
     }

@@ -17,7 +17,7 @@ pub const DEFAULT_HISTORY: u32 = 10;
 pub async fn messages(
     axum::extract::State(ccn): State,
     uri: Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let params = query_map(&uri)?;
     let (filter, _) = MessageFilter::from_params(&params).map_err(ApiError::bad_request)?;
@@ -29,6 +29,10 @@ pub async fn messages(
             .filter(|h| *h <= MAX_PER_PAGE)
             .ok_or_else(|| ApiError::bad_request(format!("history must be 0..={MAX_PER_PAGE}")))?,
     };
+    // Filters are checked first, so a bad query gets its own message.
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::bad_request(format!("this route expects a websocket upgrade: {e}"))
+    })?;
     Ok(upgrade.on_upgrade(move |socket| stream(ccn, socket, filter, history)))
 }
 

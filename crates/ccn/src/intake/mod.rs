@@ -71,7 +71,11 @@ impl Ccn {
                 last_code: -1,
                 last_error: "not processed yet".into(),
             };
-            if let Err(e) = pending::upsert(&self.db.pool, &record).await {
+            let written = {
+                let _writer = self.writer.lock().await;
+                pending::upsert(&self.db.pool, &record).await
+            };
+            if let Err(e) = written {
                 return Outcome::Rejected(internal(e));
             }
             self.pending_notify.notify_one();
@@ -124,6 +128,7 @@ impl Ccn {
                         last_code: rejection.code,
                         last_error: rejection.message.clone(),
                     };
+                    let _writer = self.writer.lock().await;
                     if let Err(e) = pending::upsert(&self.db.pool, &record).await {
                         tracing::warn!("cannot keep {} pending: {e}", envelope.item_hash);
                     }
@@ -155,6 +160,7 @@ impl Ccn {
             details: rejection.message.clone(),
             reception_time: at,
         };
+        let _writer = self.writer.lock().await;
         let result = async {
             let mut tx = self.db.begin().await?;
             pending::delete(&mut *tx, &envelope.item_hash).await?;
@@ -494,6 +500,7 @@ impl Ccn {
                         "dropping unverifiable pending {}: {rejection}",
                         record.item_hash
                     );
+                    let _writer = self.writer.lock().await;
                     let _ = pending::delete(&self.db.pool, &record.item_hash).await;
                     continue;
                 }
