@@ -185,6 +185,14 @@ async fn storage_item_content(node: TestNode) {
     let (status, body) = node.post_message(&message, true).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["details"]["error_code"], 3);
+    let (_, listed) = node
+        .get_json(&format!(
+            "/api/v0/messages.json?msgStatuses=pending,processed&addresses={}",
+            alice.address()
+        ))
+        .await;
+    assert_eq!(listed["pagination_total"], 1, "{listed}");
+    assert_eq!(hashes(&listed), vec![hash.to_string()]);
     let response = node
         .http
         .post(node.url("/api/v0/storage/add_json"))

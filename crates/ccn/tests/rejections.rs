@@ -177,6 +177,11 @@ async fn insufficient_credit(node: TestNode) {
         .await;
     assert_eq!(status_body["status"], "rejected");
     assert_eq!(status_body["error_code"], 6);
+    let (_, listed) = node
+        .get_json("/api/v0/messages.json?msgStatuses=rejected&msgTypes=INSTANCE")
+        .await;
+    assert_eq!(listed["pagination_total"], 1, "{listed}");
+    assert_eq!(listed["messages"][0]["item_hash"], message["item_hash"]);
 }
 
 async fn insufficient_hold_balance(node: TestNode) {

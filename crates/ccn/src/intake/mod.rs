@@ -319,34 +319,7 @@ impl Ccn {
         reception_time: f64,
     ) -> MessageRecord {
         let type_name = envelope.type_name();
-        let value = &content.value;
-        let content_type = match type_name {
-            "POST" | "PROGRAM" => value
-                .get("type")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        };
-        let content_ref = match value.get("ref") {
-            Some(Value::String(r)) => Some(r.clone()),
-            _ => None,
-        };
-        let tags = value
-            .get("content")
-            .and_then(|c| c.get("tags"))
-            .and_then(Value::as_array)
-            .map(|tags| {
-                tags.iter()
-                    .filter_map(Value::as_str)
-                    .filter(|t| !t.contains(','))
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let payment_type = match type_name {
-            "PROGRAM" | "INSTANCE" | "STORE" => Some(pricing::payment_type(value)),
-            _ => None,
-        };
+        let index = messages::IndexFields::of(type_name, &content.value);
         MessageRecord {
             item_hash: envelope.item_hash.clone(),
             message_type: type_name.to_string(),
@@ -356,26 +329,17 @@ impl Ccn {
             channel: envelope.channel.clone(),
             item_type: envelope.item_type.as_str().to_string(),
             item_content: envelope.item_content.clone(),
-            content: Some(Value::Object(value.clone())),
+            content: Some(Value::Object(content.value.clone())),
             signature: envelope.signature.clone(),
             time: envelope.time,
             reception_time,
             status: status::PROCESSED.to_string(),
-            content_type,
-            content_ref,
-            content_key: (type_name == "AGGREGATE")
-                .then(|| permissions::aggregate_key(content))
-                .flatten(),
-            file_hash: (type_name == "STORE")
-                .then(|| {
-                    value
-                        .get("item_hash")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .flatten(),
-            tags,
-            payment_type,
+            content_type: index.content_type,
+            content_ref: index.content_ref,
+            content_key: index.content_key,
+            file_hash: index.file_hash,
+            tags: index.tags,
+            payment_type: index.payment_type,
             hold_cost: 0.0,
             credit_per_hour: 0.0,
             forgotten_by: Vec::new(),

@@ -126,6 +126,110 @@ impl MessageRecord {
     }
 }
 
+/// The fields of a content that queries filter on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexFields {
+    pub content_type: Option<String>,
+    pub content_ref: Option<String>,
+    pub content_key: Option<String>,
+    pub file_hash: Option<String>,
+    pub tags: Vec<String>,
+    pub payment_type: Option<String>,
+}
+
+impl IndexFields {
+    pub fn of(message_type: &str, content: &serde_json::Map<String, Value>) -> Self {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        IndexFields {
+            content_type: match message_type {
+                "POST" | "PROGRAM" => text(content.get("type")),
+                _ => None,
+            },
+            content_ref: text(content.get("ref")),
+            content_key: match (message_type, content.get("key")) {
+                ("AGGREGATE", Some(Value::String(key))) => Some(key.clone()),
+                ("AGGREGATE", Some(Value::Object(dict))) => text(dict.get("name")),
+                _ => None,
+            },
+            file_hash: match message_type {
+                "STORE" => text(content.get("item_hash")),
+                _ => None,
+            },
+            tags: content
+                .get("content")
+                .and_then(|c| c.get("tags"))
+                .and_then(Value::as_array)
+                .map(|tags| {
+                    tags.iter()
+                        .filter_map(Value::as_str)
+                        // Commas separate stored tags; a tag with one cannot be matched.
+                        .filter(|t| !t.contains(','))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            payment_type: match message_type {
+                "PROGRAM" | "INSTANCE" | "STORE" => Some(
+                    content
+                        .get("payment")
+                        .and_then(|p| p.get("type"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("hold")
+                        .to_string(),
+                ),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl MessageRecord {
+    /// A message not (yet) stored (pending or rejected), described from the
+    /// message as received so the same filters apply to it.
+    pub fn from_received(raw: &Value, status: &str, reception_time: f64) -> MessageRecord {
+        let text = |k: &str| raw.get(k).and_then(Value::as_str).map(str::to_string);
+        let message_type = text("type").unwrap_or_default();
+        let sender = text("sender").unwrap_or_default();
+        let content: Option<Value> = text("item_content")
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .filter(Value::is_object);
+        let empty = serde_json::Map::new();
+        let map = content
+            .as_ref()
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let index = IndexFields::of(&message_type, map);
+        MessageRecord {
+            item_hash: text("item_hash").unwrap_or_default(),
+            chain: text("chain").unwrap_or_default(),
+            owner: map
+                .get("address")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| sender.clone()),
+            sender,
+            channel: text("channel"),
+            item_type: text("item_type").unwrap_or_else(|| "inline".into()),
+            item_content: text("item_content"),
+            content,
+            signature: raw.get("signature").cloned().unwrap_or(Value::Null),
+            time: raw.get("time").and_then(Value::as_f64).unwrap_or(0.0),
+            reception_time,
+            status: status.to_string(),
+            message_type,
+            content_type: index.content_type,
+            content_ref: index.content_ref,
+            content_key: index.content_key,
+            file_hash: index.file_hash,
+            tags: index.tags,
+            payment_type: index.payment_type,
+            hold_cost: 0.0,
+            credit_per_hour: 0.0,
+            forgotten_by: Vec::new(),
+        }
+    }
+}
+
 /// Tags are stored as `,a,b,` so one `LIKE '%,a,%'` finds a tag.
 pub(crate) fn encode_list(items: &[String]) -> Option<String> {
     if items.is_empty() {

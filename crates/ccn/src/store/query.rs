@@ -274,6 +274,64 @@ pub async fn find(
     limit: u32,
     offset: u64,
 ) -> sqlx::Result<(Vec<MessageRecord>, i64)> {
+    let wants_unstored = filter
+        .statuses
+        .iter()
+        .any(|s| s == status::PENDING || s == status::REJECTED);
+    if !wants_unstored {
+        return find_stored(pool, filter, u64::from(limit), offset).await;
+    }
+    // Pending and rejected messages live in their own, small tables: merge them
+    // with the first `offset + limit` stored matches, in memory.
+    let (mut merged, stored_total) =
+        find_stored(pool, filter, offset + u64::from(limit), 0).await?;
+    let mut unstored = Vec::new();
+    if filter.statuses.iter().any(|s| s == status::PENDING) {
+        for record in super::pending::all(pool).await? {
+            unstored.push(MessageRecord::from_received(
+                &record.message,
+                status::PENDING,
+                record.reception_time,
+            ));
+        }
+    }
+    if filter.statuses.iter().any(|s| s == status::REJECTED) {
+        for (message, reception_time) in super::rejections::all(pool).await? {
+            unstored.push(MessageRecord::from_received(
+                &message,
+                status::REJECTED,
+                reception_time,
+            ));
+        }
+    }
+    unstored.retain(|m| filter.matches(m));
+    let total = stored_total + unstored.len() as i64;
+    merged.extend(unstored);
+    merged.sort_by(|a, b| {
+        let order = a
+            .time
+            .total_cmp(&b.time)
+            .then_with(|| a.item_hash.cmp(&b.item_hash));
+        if filter.ascending {
+            order
+        } else {
+            order.reverse()
+        }
+    });
+    let page = merged
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .collect();
+    Ok((page, total))
+}
+
+async fn find_stored(
+    pool: &sqlx::AnyPool,
+    filter: &MessageFilter,
+    limit: u64,
+    offset: u64,
+) -> sqlx::Result<(Vec<MessageRecord>, i64)> {
     let c = conditions(filter);
     let order = if filter.ascending { "ASC" } else { "DESC" };
     let sql = format!(

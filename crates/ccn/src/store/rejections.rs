@@ -56,6 +56,25 @@ where
     .transpose()
 }
 
+/// Every recorded rejection, as (message, reception time).
+pub async fn all<'e, E>(executor: E) -> sqlx::Result<Vec<(serde_json::Value, f64)>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query("SELECT message, reception_time FROM rejected_messages")
+        .fetch_all(executor)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let message: String = row.try_get("message")?;
+            Ok((
+                serde_json::from_str(&message).unwrap_or(serde_json::Value::Null),
+                row.try_get("reception_time")?,
+            ))
+        })
+        .collect()
+}
+
 pub async fn delete<'e, E>(executor: E, item_hash: &str) -> sqlx::Result<()>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
