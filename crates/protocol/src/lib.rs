@@ -1,5 +1,7 @@
 //! Types shared by our services that `aleph-types` lacks.
 //!
 //! - [`agent`]: the host↔guest channel API spoken between a CRN and the guest agent.
+//! - [`hostname`]: the base32 host names of programs.
 
 pub mod agent;
+pub mod hostname;
