@@ -306,6 +306,19 @@ pub fn assert_rejected(status: u16, body: &Value, expected_status: u16, expected
     );
 }
 
+/// Says once per test binary that the PostgreSQL runs are skipped. Written to the
+/// stderr handle directly: the test harness captures `println!` of passing tests.
+fn say_postgres_skipped() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "PostgreSQL tests skipped: set {POSTGRES_ENV}=postgres://USER:PASSWORD@127.0.0.1:5432/postgres to run them"
+        );
+    });
+}
+
 /// A fresh PostgreSQL database for one test, dropped afterwards.
 struct PgDatabase {
     admin_url: String,
@@ -374,7 +387,7 @@ where
         Backend::Postgres => match std::env::var(POSTGRES_ENV) {
             Ok(url) if !url.is_empty() => Some(PgDatabase::create(&url).await),
             _ => {
-                println!("PostgreSQL test skipped: set {POSTGRES_ENV} to run it");
+                say_postgres_skipped();
                 return;
             }
         },
