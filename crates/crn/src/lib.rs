@@ -1,3 +1,4 @@
 //! placeholder
 pub mod channel;
 pub mod hypervisor;
+pub mod images;
