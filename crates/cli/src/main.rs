@@ -1,5 +1,6 @@
-//! `aleph`: accounts, files, messages and aggregates on an Aleph network.
+//! `aleph`: accounts, files, messages, aggregates and programs on an Aleph network.
 
+mod archive;
 mod client;
 mod commands;
 mod context;
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::aggregate::AggregateCommand,
     },
+    /// Upload, update, list and delete programs (serverless HTTP apps).
+    Program {
+        #[command(subcommand)]
+        command: commands::program::ProgramCommand,
+    },
 }
 
 #[tokio::main]
@@ -85,6 +91,7 @@ async fn main() -> ExitCode {
         Command::File { command } => commands::file::run(&ctx, command).await,
         Command::Message { command } => commands::message::run(&ctx, command).await,
         Command::Aggregate { command } => commands::aggregate::run(&ctx, command).await,
+        Command::Program { command } => commands::program::run(&ctx, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

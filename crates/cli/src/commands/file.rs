@@ -1,7 +1,8 @@
 //! `aleph file upload|download`: files in the CCN's content-addressed storage.
 
-use crate::client::CcnError;
+use crate::client::{CcnClient, CcnError};
 use crate::context::Context;
+use crate::signing::Signer;
 use aleph_types::item_hash::AlephItemHash;
 use aleph_types::message::execution::base::Payment;
 use aleph_types::message::{MessageType, RawFileRef, StorageBackend, StoreContent};
@@ -64,22 +65,77 @@ async fn upload(
     payment: PaymentChoice,
 ) -> Result<()> {
     let signer = ctx.signer()?;
+    let client = ctx.client()?;
+    let stored = store(
+        ctx,
+        &client,
+        &signer,
+        path,
+        reference.map(RawFileRef::UserDefined),
+        payment.into(),
+        channel,
+    )
+    .await?;
+    let value = json!({
+        "file_hash": stored.file_hash,
+        "item_hash": stored.item_hash,
+        "size": stored.size,
+        "status": stored.status,
+    });
+    ctx.out.result(&value, || {
+        format!(
+            "uploaded {}: file {}, STORE message {} ({})",
+            path.display(),
+            stored.file_hash,
+            stored.item_hash,
+            stored.status
+        )
+    });
+    Ok(())
+}
+
+impl From<PaymentChoice> for Payment {
+    fn from(choice: PaymentChoice) -> Self {
+        match choice {
+            PaymentChoice::Credit => Payment::credits(),
+            PaymentChoice::Hold => Payment::hold(),
+        }
+    }
+}
+
+/// A file pinned by a STORE message.
+pub struct Stored {
+    pub file_hash: String,
+    /// The STORE message's hash: what programs reference.
+    pub item_hash: String,
+    pub size: u64,
+    /// `processed` or `pending`.
+    pub status: String,
+}
+
+/// Uploads the file at `path` with a signed STORE (`reference`: the `ref`
+/// field, a name of the user's own or the STORE it is a new version of) and
+/// checks that the STORE was not refused.
+pub async fn store(
+    ctx: &Context,
+    client: &CcnClient,
+    signer: &Signer,
+    path: &Path,
+    reference: Option<RawFileRef>,
+    payment: Payment,
+    channel: Option<String>,
+) -> Result<Stored> {
     let (file_hash, size) = hash_file(path).await?;
-    let payment = match payment {
-        PaymentChoice::Credit => Payment::credits(),
-        PaymentChoice::Hold => Payment::hold(),
-    };
     let store = StoreContent::new(
         StorageBackend::Storage {
             item_hash: file_hash,
         },
-        reference.map(RawFileRef::UserDefined),
+        reference,
         None,
         Some(payment),
     );
     let message = signer.sign(MessageType::Store, super::to_object(&store)?, channel)?;
 
-    let client = ctx.client()?;
     let progress = ctx.out.progress(Some(size), "uploading");
     let answer = client.upload_file(path, &message, &progress).await;
     progress.finish_and_clear();
@@ -110,19 +166,12 @@ async fn upload(
         }
         .into());
     }
-    let value = json!({
-        "file_hash": file_hash,
-        "item_hash": item_hash,
-        "size": size,
-        "status": status_name,
-    });
-    ctx.out.result(&value, || {
-        format!(
-            "uploaded {}: file {file_hash}, STORE message {item_hash} ({status_name})",
-            path.display()
-        )
-    });
-    Ok(())
+    Ok(Stored {
+        file_hash,
+        item_hash,
+        size,
+        status: status_name,
+    })
 }
 
 /// The sha256 of a file (its storage hash) and its size, read in chunks.

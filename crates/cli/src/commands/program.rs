@@ -1,0 +1,640 @@
+//! `aleph program upload|update|list|delete`: serverless programs.
+//!
+//! A program is two messages: a STORE pinning its code (a zip of the folder)
+//! and a PROGRAM saying how to run it (entrypoint, runtime, resources). The
+//! PROGRAM's hash is its address on every CRN: `{crn}/vm/{hash}/`, or the host
+//! `{base32(hash)}.{domain}`. A new version of the code is a STORE whose `ref`
+//! is the original code STORE; the program keeps its hash and CRNs run the
+//! newest version because `code.use_latest` is set.
+
+use super::file::{self, PaymentChoice};
+use super::publish;
+use crate::archive;
+use crate::client::CcnClient;
+use crate::context::Context;
+use crate::signing::Signer;
+use aleph_types::item_hash::ItemHash;
+use aleph_types::message::execution::base::{Encoding, ExecutableContent, Payment};
+use aleph_types::message::execution::environment::{
+    FunctionEnvironment, FunctionTriggers, MachineResources,
+};
+use aleph_types::message::{
+    CodeContent, ForgetContent, FunctionRuntime, MessageType, ProgramContent, RawFileRef,
+};
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The aggregate listing runtimes, with the shape of the public network's
+/// (`{runtimes: {name: {hash, display_name}}, defaults: {runtime: name}}`).
+const VM_IMAGES_KEY: &str = "vm-images";
+
+#[derive(Subcommand)]
+pub enum ProgramCommand {
+    /// Upload a folder (zipped), a .zip or a .squashfs as a program and print its URL.
+    Upload(UploadArgs),
+    /// Publish a new version of a program's code; the program keeps its hash and URL.
+    Update {
+        /// The PROGRAM message's hash.
+        hash: String,
+        /// The new code: a folder, a .zip or a .squashfs, like the original.
+        path: PathBuf,
+        /// Channel of the new STORE; default: the original code's.
+        #[arg(long)]
+        channel: Option<String>,
+        #[command(flatten)]
+        crn: CrnArg,
+    },
+    /// List the programs of an address.
+    List {
+        /// Owner of the programs; default: the signing account.
+        #[arg(long)]
+        address: Option<String>,
+        #[command(flatten)]
+        crn: CrnArg,
+    },
+    /// Forget a program and (unless --keep-code) its code and the code's versions.
+    Delete {
+        hash: String,
+        #[arg(long)]
+        keep_code: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct CrnArg {
+    /// The CRN whose URL to print for the program.
+    #[arg(
+        long,
+        env = "ALEPH_CRN",
+        default_value = "http://127.0.0.1:4020",
+        value_name = "URL"
+    )]
+    crn: String,
+}
+
+#[derive(Args)]
+pub struct UploadArgs {
+    /// A folder (zipped, its files at the root), a .zip, a .squashfs, or a single file.
+    path: PathBuf,
+    /// `module:app` for an ASGI app (main:app is main.py's `app`), else a file to run.
+    entrypoint: String,
+    /// The runtime's STORE hash; default: the CCN's `vm-images` default runtime.
+    #[arg(long, env = "ALEPH_RUNTIME", value_name = "HASH")]
+    runtime: Option<String>,
+    /// Whose `vm-images` aggregate names the default runtime; default: the
+    /// devnet's first account, which `aleph-node devnet` publishes it under.
+    #[arg(long, env = "ALEPH_IMAGES_ADDRESS", value_name = "ADDRESS")]
+    images_address: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Memory of the VM in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    memory: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    timeout_seconds: u32,
+    /// Environment variables of the app: `K=V,K2=V2`.
+    #[arg(long, value_name = "K=V,...")]
+    env_vars: Option<String>,
+    /// Give the VM a network interface with internet access.
+    #[arg(long)]
+    internet: bool,
+    /// Keep it running (allocated by the scheduler) instead of on demand.
+    #[arg(long)]
+    persistent: bool,
+    /// Allow later PROGRAM messages to replace this one (`allow_amend`).
+    #[arg(long)]
+    updatable: bool,
+    /// A name shown by `program list`; default: the folder's or file's name.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, value_enum, default_value_t = PaymentChoice::Credit)]
+    payment: PaymentChoice,
+    #[arg(long)]
+    channel: Option<String>,
+    #[command(flatten)]
+    crn: CrnArg,
+}
+
+pub async fn run(ctx: &Context, command: ProgramCommand) -> Result<()> {
+    match command {
+        ProgramCommand::Upload(args) => upload(ctx, args).await,
+        ProgramCommand::Update {
+            hash,
+            path,
+            channel,
+            crn,
+        } => update(ctx, &hash, &path, channel, &crn.crn).await,
+        ProgramCommand::List { address, crn } => list(ctx, address, &crn.crn).await,
+        ProgramCommand::Delete {
+            hash,
+            keep_code,
+            reason,
+        } => delete(ctx, &hash, keep_code, reason).await,
+    }
+}
+
+async fn upload(ctx: &Context, args: UploadArgs) -> Result<()> {
+    let signer = ctx.signer()?;
+    let client = ctx.client()?;
+    // Everything that can be checked locally is, before anything is uploaded.
+    let archive = archive::prepare(&args.path, &args.entrypoint)?;
+    let variables = args.env_vars.as_deref().map(parse_env_vars).transpose()?;
+    let explicit_runtime = args
+        .runtime
+        .as_deref()
+        .map(|hash| parse_hash(hash, "--runtime"))
+        .transpose()?;
+    let runtime = match explicit_runtime {
+        Some(reference) => FunctionRuntime {
+            reference,
+            use_latest: true,
+            comment: String::new(),
+        },
+        None => default_runtime(&client, args.images_address.as_deref(), &ctx.ccn_url).await?,
+    };
+    let payment: Payment = args.payment.into();
+
+    let stored = file::store(
+        ctx,
+        &client,
+        &signer,
+        &archive.path,
+        None,
+        payment.clone(),
+        args.channel.clone(),
+    )
+    .await
+    .context("uploading the code")?;
+
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.path));
+    let content = ProgramContent {
+        program_type: Default::default(),
+        base: ExecutableContent {
+            allow_amend: args.updatable,
+            metadata: Some(HashMap::from([("name".to_owned(), json!(name))])),
+            variables,
+            resources: MachineResources {
+                vcpus: args.vcpus,
+                memory: memsizes::MiB::from(args.memory),
+                seconds: args.timeout_seconds,
+                published_ports: None,
+            },
+            payment: Some(payment),
+            requirements: None,
+            volumes: Vec::new(),
+            replaces: None,
+            authorized_keys: None,
+        },
+        code: CodeContent {
+            encoding: archive.encoding.clone(),
+            entrypoint: args.entrypoint.clone(),
+            reference: parse_hash(&stored.item_hash, "the code STORE")?,
+            // The interface follows from the entrypoint (`:` means ASGI), as upstream.
+            interface: None,
+            args: None,
+            use_latest: true,
+        },
+        runtime: runtime.clone(),
+        data: None,
+        environment: FunctionEnvironment {
+            reproducible: false,
+            internet: args.internet,
+            aleph_api: true,
+            shared_cache: false,
+        },
+        export: None,
+        on: FunctionTriggers {
+            http: true,
+            persistent: Some(args.persistent),
+        },
+    };
+    let (message, accepted) = publish(
+        &client,
+        &signer,
+        MessageType::Program,
+        &content,
+        args.channel,
+    )
+    .await
+    .context("posting the PROGRAM message")?;
+
+    let item_hash = message.item_hash.to_string();
+    let url = vm_url(&args.crn.crn, &item_hash);
+    let host = hostname(&item_hash);
+    let value = json!({
+        "item_hash": item_hash,
+        "status": accepted.status,
+        "pending_reason": accepted.pending_reason,
+        "url": url,
+        "hostname": host,
+        "code_ref": stored.item_hash,
+        "file_hash": stored.file_hash,
+        "encoding": encoding_name(&archive.encoding),
+        "entrypoint": args.entrypoint,
+        "runtime": runtime.reference.to_string(),
+        "name": name,
+    });
+    ctx.out.result(&value, || {
+        let mut lines = vec![
+            format!("program {item_hash} ({})", accepted.describe()),
+            format!(
+                "  code:     STORE {} ({}, {})",
+                stored.item_hash,
+                encoding_name(&archive.encoding),
+                args.path.display()
+            ),
+            format!("  runtime:  {}", runtime.reference),
+            format!("  URL:      {url}"),
+        ];
+        if let Some(host) = &host {
+            lines.push(format!("  host:     {host}.<domain of the CRN>"));
+        }
+        lines.push(format!("Try: curl {url}"));
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+async fn update(
+    ctx: &Context,
+    hash: &str,
+    path: &Path,
+    channel: Option<String>,
+    crn: &str,
+) -> Result<()> {
+    let signer = ctx.signer()?;
+    let client = ctx.client()?;
+    let program = own_program(&client, &signer, hash).await?;
+    let code = &program["code"];
+    let code_ref = code["ref"]
+        .as_str()
+        .context("the PROGRAM has no code.ref")?
+        .to_owned();
+    if code["use_latest"].as_bool() != Some(true) {
+        bail!(
+            "program {hash} pins its code (code.use_latest is false): CRNs would never run a new version; upload a new program instead"
+        );
+    }
+    let entrypoint = code["entrypoint"].as_str().unwrap_or_default();
+    let archive = archive::prepare(path, entrypoint)?;
+    let encoding = encoding_name(&archive.encoding);
+    let current = code["encoding"].as_str().unwrap_or("zip");
+    if encoding != current {
+        bail!("the new code is {encoding} but program {hash} runs {current} code");
+    }
+    // The new version goes where the original is, paid the way the program is.
+    let original = client.message(&code_ref).await?;
+    let channel = channel.or_else(|| {
+        original
+            .as_ref()
+            .and_then(|o| o["message"]["channel"].as_str())
+            .map(str::to_owned)
+    });
+    let payment = match program["payment"]["type"].as_str() {
+        Some("hold") => Payment::hold(),
+        _ => Payment::credits(),
+    };
+    let stored = file::store(
+        ctx,
+        &client,
+        &signer,
+        &archive.path,
+        Some(RawFileRef::ItemHash(parse_hash(&code_ref, "code.ref")?)),
+        payment,
+        channel,
+    )
+    .await
+    .context("uploading the new code")?;
+
+    let url = vm_url(crn, hash);
+    let value = json!({
+        "item_hash": hash,
+        "code_ref": code_ref,
+        "new_code_ref": stored.item_hash,
+        "file_hash": stored.file_hash,
+        "status": stored.status,
+        "url": url,
+        "hostname": hostname(hash),
+    });
+    ctx.out.result(&value, || {
+        format!(
+            "program {hash}: new code STORE {} ({}), a version of {code_ref}\nRunning VMs stop on their CRN when it sees it; next request runs the new code: curl {url}",
+            stored.item_hash, stored.status
+        )
+    });
+    Ok(())
+}
+
+async fn list(ctx: &Context, address: Option<String>, crn: &str) -> Result<()> {
+    let address = ctx.address_or_own(address)?;
+    let page = ctx
+        .client()?
+        .messages(&[
+            ("msgTypes", "PROGRAM".to_owned()),
+            ("owners", address.clone()),
+            ("pagination", "500".to_owned()),
+        ])
+        .await?;
+    let programs: Vec<Value> = page["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let hash = m["item_hash"].as_str().unwrap_or_default();
+            let content = &m["content"];
+            json!({
+                "item_hash": hash,
+                "name": content["metadata"]["name"],
+                "entrypoint": content["code"]["entrypoint"],
+                "code_ref": content["code"]["ref"],
+                "runtime": content["runtime"]["ref"],
+                "persistent": content["on"]["persistent"],
+                "time": m["time"],
+                "url": vm_url(crn, hash),
+                "hostname": hostname(hash),
+            })
+        })
+        .collect();
+    let value = Value::Array(programs.clone());
+    ctx.out.result(&value, || {
+        if programs.is_empty() {
+            return format!("{address} has no programs");
+        }
+        programs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}  {:<16} {}  {}",
+                    p["item_hash"].as_str().unwrap_or("?"),
+                    p["name"].as_str().unwrap_or("-"),
+                    p["entrypoint"].as_str().unwrap_or("?"),
+                    p["url"].as_str().unwrap_or("?"),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+async fn delete(ctx: &Context, hash: &str, keep_code: bool, reason: Option<String>) -> Result<()> {
+    let signer = ctx.signer()?;
+    let client = ctx.client()?;
+    let program = own_program(&client, &signer, hash).await?;
+    // Found before anything is forgotten, so a failure here changes nothing.
+    let code_hashes = match program["code"]["ref"].as_str() {
+        Some(code_ref) if !keep_code => code_versions(&client, signer.address(), code_ref).await?,
+        _ => Vec::new(),
+    };
+    // The program first: the CCN refuses to forget a STORE that a live
+    // program still uses.
+    let (forget, _) = publish(
+        &client,
+        &signer,
+        MessageType::Forget,
+        &ForgetContent::new(
+            vec![parse_hash(hash, "the program")?],
+            Vec::new(),
+            reason.clone(),
+        ),
+        None,
+    )
+    .await
+    .context("forgetting the program")?;
+
+    let mut code_forget = None;
+    if !code_hashes.is_empty() {
+        let targets = code_hashes
+            .iter()
+            .map(|h| parse_hash(h, "a code STORE"))
+            .collect::<Result<Vec<_>>>()?;
+        let (message, _) = publish(
+            &client,
+            &signer,
+            MessageType::Forget,
+            &ForgetContent::new(targets, Vec::new(), reason),
+            None,
+        )
+        .await
+        .with_context(|| format!("the program {hash} is forgotten, but its code could not be"))?;
+        code_forget = Some(message.item_hash.to_string());
+    }
+    let value = json!({
+        "item_hash": hash,
+        "forget_hash": forget.item_hash.to_string(),
+        "code_forget_hash": code_forget,
+        "forgotten_code": code_hashes,
+    });
+    ctx.out.result(&value, || {
+        let mut text = format!("program {hash} forgotten ({})", forget.item_hash);
+        if !code_hashes.is_empty() {
+            text.push_str(&format!(
+                "\ncode forgotten: {} STORE(s): {}",
+                code_hashes.len(),
+                code_hashes.join(", ")
+            ));
+        }
+        text
+    });
+    Ok(())
+}
+
+/// The code STORE and every new version of it (STOREs whose `ref` is it)
+/// that `owner` posted and that are not forgotten yet.
+async fn code_versions(client: &CcnClient, owner: &str, code_ref: &str) -> Result<Vec<String>> {
+    let mut hashes = Vec::new();
+    if let Some(status) = client.message(code_ref).await?
+        && status["status"] == "processed"
+        && status["message"]["content"]["address"]
+            .as_str()
+            .is_some_and(|a| a.eq_ignore_ascii_case(owner))
+    {
+        hashes.push(code_ref.to_owned());
+    }
+    let page = client
+        .messages(&[
+            ("msgTypes", "STORE".to_owned()),
+            ("refs", code_ref.to_owned()),
+            ("owners", owner.to_owned()),
+            ("pagination", "500".to_owned()),
+        ])
+        .await?;
+    for message in page["messages"].as_array().into_iter().flatten() {
+        if let Some(hash) = message["item_hash"].as_str()
+            && !hashes.iter().any(|h| h == hash)
+        {
+            hashes.push(hash.to_owned());
+        }
+    }
+    Ok(hashes)
+}
+
+/// The content of a processed PROGRAM owned by the signer, or a clear error.
+async fn own_program(client: &CcnClient, signer: &Signer, hash: &str) -> Result<Value> {
+    parse_hash(hash, "the program")?;
+    let Some(status) = client.message(hash).await? else {
+        bail!("the CCN does not know the message {hash}");
+    };
+    match status["status"].as_str() {
+        Some("processed") => {}
+        Some(other) => bail!("message {hash} is {other}, not a live program"),
+        None => bail!("the CCN sent no status for {hash}"),
+    }
+    let message = &status["message"];
+    if message["type"] != "PROGRAM" {
+        bail!(
+            "message {hash} is a {}, not a PROGRAM",
+            message["type"]
+                .as_str()
+                .unwrap_or("message of unknown type")
+        );
+    }
+    let content = message["content"].clone();
+    let owner = content["address"].as_str().unwrap_or_default();
+    if !owner.eq_ignore_ascii_case(signer.address()) {
+        bail!(
+            "program {hash} belongs to {owner}, not to the signing account {}",
+            signer.address()
+        );
+    }
+    Ok(content)
+}
+
+/// The runtime that `images_address` names as its default in its
+/// `vm-images` aggregate (the devnet publishes one there).
+async fn default_runtime(
+    client: &CcnClient,
+    images_address: Option<&str>,
+    ccn_url: &str,
+) -> Result<FunctionRuntime> {
+    let address = match images_address {
+        Some(address) => address.to_owned(),
+        None => devnet_images_address()?,
+    };
+    let how_to = "pass --runtime HASH (the STORE of a runtime squashfs) or set ALEPH_RUNTIME; \
+                  a devnet started with its CRN (`aleph-node devnet`) publishes a default";
+    let Some(images) = client.aggregate(&address, VM_IMAGES_KEY).await? else {
+        bail!(
+            "no --runtime given, and {address} publishes no {VM_IMAGES_KEY:?} aggregate on {ccn_url}: {how_to}"
+        );
+    };
+    let Some(name) = images["defaults"]["runtime"].as_str() else {
+        bail!("the {VM_IMAGES_KEY:?} aggregate of {address} names no default runtime: {how_to}");
+    };
+    let entry = &images["runtimes"][name];
+    let Some(hash) = entry["hash"].as_str() else {
+        bail!(
+            "the {VM_IMAGES_KEY:?} aggregate of {address} has no hash for its default runtime {name:?}: {how_to}"
+        );
+    };
+    Ok(FunctionRuntime {
+        reference: parse_hash(hash, "the default runtime")?,
+        use_latest: true,
+        comment: entry["display_name"].as_str().unwrap_or(name).to_owned(),
+    })
+}
+
+/// The devnet's first account (key sha256("aleph-devnet-account-0"), see
+/// `aleph-node devnet`): the default publisher of the `vm-images` aggregate,
+/// as the CLI's default CCN is the devnet's.
+fn devnet_images_address() -> Result<String> {
+    let key = Sha256::digest(b"aleph-devnet-account-0");
+    Ok(Signer::from_hex(&hex::encode(key))?.address().to_owned())
+}
+
+fn parse_hash(hash: &str, what: &str) -> Result<ItemHash> {
+    ItemHash::try_from(hash.trim())
+        .map_err(|e| anyhow::anyhow!("{what}: {hash:?} is not an item hash ({e})"))
+}
+
+/// `K=V,K2=V2` into a map; values cannot hold a comma (as upstream).
+fn parse_env_vars(text: &str) -> Result<HashMap<String, String>> {
+    let mut variables = HashMap::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--env-vars: {pair:?} is not KEY=VALUE");
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            bail!("--env-vars: {pair:?} has an empty name");
+        }
+        variables.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(variables)
+}
+
+fn default_name(path: &Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    path.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".into())
+}
+
+fn encoding_name(encoding: &Encoding) -> &'static str {
+    match encoding {
+        Encoding::Plain => "plain",
+        Encoding::Zip => "zip",
+        Encoding::Squashfs => "squashfs",
+    }
+}
+
+fn vm_url(crn: &str, hash: &str) -> String {
+    format!("{}/vm/{hash}/", crn.trim_end_matches('/'))
+}
+
+/// The host name label of a program: base32 (RFC 4648, lowercase, no
+/// padding) of the hash's 32 bytes, as CRNs route `{label}.{domain}`. Only
+/// native (sha256) hashes have one.
+fn hostname(hash: &str) -> Option<String> {
+    let bytes = hex::decode(hash).ok().filter(|b| b.len() == 32)?;
+    Some(data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_lowercase_unpadded_base32_of_the_hash_bytes() {
+        // RFC 4648 test vector, padded to 32 bytes with zeros.
+        let mut bytes = b"foobar".to_vec();
+        bytes.resize(32, 0);
+        let name = hostname(&hex::encode(&bytes)).unwrap();
+        assert!(name.starts_with("mzxw6ytboi"), "{name}");
+        assert_eq!(name.len(), 52);
+        assert_eq!(name, name.to_lowercase());
+        assert!(!name.contains('='));
+        assert_eq!(
+            hostname("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"),
+            None
+        );
+    }
+
+    #[test]
+    fn env_vars_are_pairs() {
+        let vars = parse_env_vars("A=1,B=x=y, C=").unwrap();
+        assert_eq!(vars["A"], "1");
+        assert_eq!(vars["B"], "x=y");
+        assert_eq!(vars["C"], "");
+        assert!(parse_env_vars("A").is_err());
+        assert!(parse_env_vars("=1").is_err());
+    }
+
+    #[test]
+    fn urls_join_without_double_slashes() {
+        assert_eq!(
+            vm_url("http://127.0.0.1:4020/", "ab"),
+            "http://127.0.0.1:4020/vm/ab/"
+        );
+    }
+}
