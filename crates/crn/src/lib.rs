@@ -2,3 +2,15 @@
 pub mod channel;
 pub mod hypervisor;
 pub mod images;
+pub mod about;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod execution;
+pub mod pool;
+pub mod records;
+pub mod resources;
+mod server;
+
+pub use config::CrnConfig;
+pub use server::{CrnHandle, start, start_with_images};

@@ -1,0 +1,187 @@
+//! How a CRN runs: a TOML file, then `ALEPH_CRN_*` environment variables over it, then
+//! whatever the caller (the `aleph-node crn` flags, a test) sets on the struct.
+//!
+//! ```toml
+//! listen = "127.0.0.1:4020"
+//! ccn_url = "http://127.0.0.1:4024"
+//! data_dir = "crn-data"
+//! domain = "crn.example.org"       # host-based routing: {base32(hash)}.crn.example.org
+//! idle_timeout_seconds = 3600
+//! ```
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of the environment variables that override the file: `ALEPH_CRN_` followed
+/// by the field name in upper case (`ALEPH_CRN_IDLE_TIMEOUT_SECONDS=60`).
+pub const ENV_PREFIX: &str = "ALEPH_CRN_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrnConfig {
+    /// Address of the HTTP API; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// The CCN messages and files are read from.
+    pub ccn_url: String,
+    /// Executions' folders, the resource cache and the records database.
+    pub data_dir: PathBuf,
+    /// Where `aleph-node images build` cached the kernel and initramfs (its data
+    /// folder); `None` means `$ALEPH_DATA_DIR`, else the workspace's default.
+    pub images_dir: Option<PathBuf>,
+    /// Host-based routing: requests to `{base32(hash)}.{domain}` go to that program.
+    pub domain: Option<String>,
+    /// A VM with no request for this long is stopped.
+    pub idle_timeout_seconds: u64,
+    /// How long a VM may take to boot to its agent, and its app to start.
+    pub boot_timeout_seconds: u64,
+    /// Memory kept for the host; programs get the rest, up to `max_program_memory_mib`.
+    pub reserved_memory_mib: u64,
+    /// Ceiling of the memory given to programs altogether; `None`: all but the reserve.
+    pub max_program_memory_mib: Option<u64>,
+    /// vCPUs handed out per host CPU.
+    pub vcpu_overcommit: u32,
+    /// Disk kept free in `data_dir` for the host.
+    pub reserved_disk_mib: u64,
+    /// `auto` (KVM when a boot probe succeeds), `kvm` or `tcg`.
+    pub accel: String,
+    /// Item hash of the diagnostic program `/status/check/fastapi` runs
+    /// (`crates/crn/diagnostic/`, published as a PROGRAM).
+    pub diagnostic_program: Option<String>,
+    /// Follow the CCN's websocket and stop VMs whose code or message was updated.
+    pub watch_updates: bool,
+}
+
+impl Default for CrnConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4020".parse().expect("a valid address"),
+            ccn_url: "http://127.0.0.1:4024".into(),
+            data_dir: PathBuf::from("crn-data"),
+            images_dir: None,
+            domain: None,
+            idle_timeout_seconds: 3600,
+            boot_timeout_seconds: 180,
+            reserved_memory_mib: 2048,
+            max_program_memory_mib: None,
+            vcpu_overcommit: 4,
+            reserved_disk_mib: 1024,
+            accel: "auto".into(),
+            diagnostic_program: None,
+            watch_updates: true,
+        }
+    }
+}
+
+impl CrnConfig {
+    /// The defaults, then `file` when given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Self::default(),
+        };
+        config.with_env(std::env::vars())
+    }
+
+    /// Applies `ALEPH_CRN_*` variables from `vars`: each is parsed as the TOML value of
+    /// its field (a bare string when it is not valid TOML), so every field can be set.
+    pub fn with_env(self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let mut table = toml::Table::try_from(&self).context("encoding the configuration")?;
+        for (name, value) in vars {
+            let Some(field) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let field = field.to_ascii_lowercase();
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"));
+            // A value that reads as TOML (a number, a boolean) is taken as such unless
+            // the field wants text: `ALEPH_CRN_DOMAIN=1234` is the text "1234".
+            let text = toml::Value::String(value.clone());
+            let mut candidate = table.clone();
+            candidate.insert(field.clone(), parsed.unwrap_or_else(|| text.clone()));
+            if toml::Value::Table(candidate).try_into::<Self>().is_err() {
+                table.insert(field, text);
+            } else {
+                let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or(text);
+                table.insert(field, parsed);
+            }
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .context("an ALEPH_CRN_* environment variable")
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+
+    pub fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_timeout_seconds)
+    }
+
+    /// The folder holding the guest images' cache.
+    pub fn images_dir(&self) -> PathBuf {
+        self.images_dir
+            .clone()
+            .unwrap_or_else(crate::images::default_data_dir)
+    }
+
+    pub fn ccn_url(&self) -> &str {
+        self.ccn_url.trim_end_matches('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("crn.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:4021\"\ndomain = \"crn.test\"\nidle_timeout_seconds = 5\n",
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let from_file: CrnConfig = toml::from_str(&text).unwrap();
+        assert_eq!(from_file.listen.port(), 4021);
+        assert_eq!(from_file.vcpu_overcommit, 4, "defaults fill the rest");
+
+        let config = from_file
+            .with_env([
+                ("ALEPH_CRN_IDLE_TIMEOUT_SECONDS".into(), "60".into()),
+                ("ALEPH_CRN_DOMAIN".into(), "other.test".into()),
+                ("ALEPH_CRN_DIAGNOSTIC_PROGRAM".into(), "1234".into()),
+                ("ALEPH_CRN_WATCH_UPDATES".into(), "false".into()),
+                ("UNRELATED".into(), "x".into()),
+            ])
+            .unwrap();
+        assert_eq!(config.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(config.domain.as_deref(), Some("other.test"));
+        assert_eq!(config.diagnostic_program.as_deref(), Some("1234"));
+        assert!(!config.watch_updates);
+        assert_eq!(config.listen.port(), 4021);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        assert!(toml::from_str::<CrnConfig>("idle_timout_seconds = 5").is_err());
+        let bad = CrnConfig::default().with_env([(
+            "ALEPH_CRN_IDLE_TIMEOUT_SECONDS".into(),
+            "soon".into(),
+        )]);
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,493 @@
+//! All executions of this node: one VM per program, started on its first request
+//! (concurrent first requests share one start), reused while warm, stopped when idle,
+//! when its code is updated, or when it dies; admission control before any start; and
+//! on a node's start, the VMs an earlier node process left running taken back.
+
+pub mod admission;
+pub mod updates;
+
+use crate::channel::AgentChannel;
+use crate::config::CrnConfig;
+use crate::error::ProgramError;
+use crate::execution::prepare::{self, BootImages};
+use crate::execution::state::{Lifecycle, State};
+use crate::execution::{Execution, ExecutionFile};
+use crate::hypervisor::{Hypervisor, StopTimeouts, VmStatus};
+use crate::records::{ExecutionRecord, Records};
+use crate::resources::{ProgramMessage, Resources};
+use admission::{Admission, Amount, Reservation};
+use aleph_protocol::agent::AppState;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Starting = Shared<BoxFuture<'static, Result<Arc<Slot>, ProgramError>>>;
+
+/// A running execution and the capacity it holds.
+pub struct Slot {
+    pub execution: Arc<Execution>,
+    _reservation: Reservation,
+}
+
+enum Entry {
+    Starting(Starting),
+    Running(Arc<Slot>),
+}
+
+pub struct Pool {
+    config: CrnConfig,
+    hypervisor: Box<dyn Hypervisor>,
+    images: BootImages,
+    resources: Resources,
+    records: Records,
+    admission: Admission,
+    executions_dir: PathBuf,
+    volumes_dir: PathBuf,
+    entries: Mutex<HashMap<String, Entry>>,
+    draining: AtomicBool,
+    /// Whether the CCN's message stream is followed right now.
+    following: AtomicBool,
+}
+
+/// Execution ids name folders: short (Unix socket paths are limited) and unique.
+fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl Pool {
+    pub fn new(
+        config: CrnConfig,
+        hypervisor: Box<dyn Hypervisor>,
+        images: BootImages,
+        resources: Resources,
+        records: Records,
+        admission: Admission,
+    ) -> std::io::Result<Self> {
+        let executions_dir = config.data_dir.join("executions");
+        let volumes_dir = config.data_dir.join("volumes");
+        std::fs::create_dir_all(&executions_dir)?;
+        Ok(Self {
+            config,
+            hypervisor,
+            images,
+            resources,
+            records,
+            admission,
+            executions_dir,
+            volumes_dir,
+            entries: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            following: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &CrnConfig {
+        &self.config
+    }
+
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// New requests are refused from now on; running VMs are left alone.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether updates on the CCN are seen now (the message stream is connected).
+    pub fn is_following_updates(&self) -> bool {
+        self.following.load(Ordering::SeqCst)
+    }
+
+    fn set_following_updates(&self, following: bool) {
+        self.following.store(following, Ordering::SeqCst);
+    }
+
+    /// Running executions, by program hash.
+    pub fn running(&self) -> Vec<Arc<Execution>> {
+        let entries = self.entries.lock().expect("entries");
+        entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Running(slot) => Some(slot.execution.clone()),
+                Entry::Starting(_) => None,
+            })
+            .collect()
+    }
+
+    fn slots(&self) -> Vec<(String, Arc<Slot>)> {
+        let entries = self.entries.lock().expect("entries");
+        entries
+            .iter()
+            .filter_map(|(hash, e)| match e {
+                Entry::Running(slot) => Some((hash.clone(), slot.clone())),
+                Entry::Starting(_) => None,
+            })
+            .collect()
+    }
+
+    /// The running execution of program `hash`, started if there is none. Concurrent
+    /// callers share one start; the start runs in its own task, so a caller that
+    /// gives up does not leave a half-started VM behind.
+    pub async fn get_or_start(self: &Arc<Self>, hash: &str) -> Result<Arc<Execution>, ProgramError> {
+        let hash = crate::resources::check_hash(hash)?;
+        let starting = {
+            let mut entries = self.entries.lock().expect("entries");
+            match entries.get(&hash) {
+                Some(Entry::Running(slot)) => return Ok(slot.execution.clone()),
+                Some(Entry::Starting(starting)) => starting.clone(),
+                None => {
+                    if self.is_draining() {
+                        return Err(ProgramError::Draining);
+                    }
+                    let pool = self.clone();
+                    let task_hash = hash.clone();
+                    let task = tokio::spawn(async move { pool.start(task_hash).await });
+                    let starting: Starting = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(ProgramError::internal(format!("start task: {e}"))))
+                    }
+                    .boxed()
+                    .shared();
+                    entries.insert(hash.clone(), Entry::Starting(starting.clone()));
+                    starting
+                }
+            }
+        };
+        starting.await.map(|slot| slot.execution.clone())
+    }
+
+    /// Starts program `hash` and records the outcome in the map.
+    async fn start(self: Arc<Self>, hash: String) -> Result<Arc<Slot>, ProgramError> {
+        let result = self.start_execution(&hash).await;
+        let mut entries = self.entries.lock().expect("entries");
+        match &result {
+            Ok(slot) => {
+                entries.insert(hash, Entry::Running(slot.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("program {hash} did not start: {e}");
+                entries.remove(&hash);
+            }
+        }
+        result
+    }
+
+    async fn start_execution(&self, hash: &str) -> Result<Arc<Slot>, ProgramError> {
+        let mut lifecycle = Lifecycle::new();
+        let program = self.resources.program(hash).await?;
+        let content = &program.content;
+        let reservation = self
+            .admission
+            .reserve(Amount {
+                memory_mib: content.resources.memory,
+                vcpus: content.resources.vcpus.into(),
+                disk_mib: prepare::own_disk_mib(content),
+            })
+            .map_err(ProgramError::NoCapacity)?;
+        let id = random_id();
+        let folder = self.executions_dir.join(&id);
+        std::fs::create_dir_all(&folder).map_err(ProgramError::internal)?;
+        let advance = |life: &mut Lifecycle, to| life.advance(to).map_err(ProgramError::internal);
+
+        advance(&mut lifecycle, State::Preparing)?;
+        let prepared = match prepare::prepare(
+            &self.resources,
+            &program,
+            &self.images,
+            &folder,
+            &self.volumes_dir,
+            self.config.boot_timeout_seconds.try_into().unwrap_or(u32::MAX),
+        )
+        .await
+        {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&folder);
+                return Err(e);
+            }
+        };
+        advance(&mut lifecycle, State::Prepared)?;
+        advance(&mut lifecycle, State::Starting)?;
+        let mut file = ExecutionFile {
+            id: id.clone(),
+            program: program.clone(),
+            prepared,
+            lifecycle,
+        };
+        file.save(&folder).map_err(ProgramError::internal)?;
+
+        let vm = match self.hypervisor.start(&file.prepared.spec).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                self.discard(&file, &folder, &e.to_string()).await;
+                return Err(ProgramError::StartFailed {
+                    error: format!("the VM did not start: {e}"),
+                    traceback: None,
+                });
+            }
+        };
+        let channel = Arc::new(AgentChannel::new(vm.channel()));
+        let started = async {
+            channel
+                .wait_ready(self.config.boot_timeout())
+                .await
+                .map_err(|e| ProgramError::StartFailed {
+                    error: format!("the VM's agent did not come up: {e}"),
+                    traceback: Some(console_tail(&folder)),
+                })?;
+            channel
+                .configure(&file.prepared.agent)
+                .await
+                .map_err(|e| ProgramError::StartFailed {
+                    error: format!("the app failed to start: {e}"),
+                    traceback: e.traceback().map(str::to_string),
+                })
+        }
+        .await;
+        if let Err(e) = started {
+            let _ = vm.kill();
+            vm.wait_exit(Duration::from_secs(5)).await;
+            self.discard(&file, &folder, &e.to_string()).await;
+            return Err(e);
+        }
+        file.lifecycle
+            .advance(State::Running)
+            .map_err(ProgramError::internal)?;
+        file.save(&folder).map_err(ProgramError::internal)?;
+        tracing::info!("program {hash} running in execution {id}");
+        Ok(Arc::new(Slot {
+            execution: Arc::new(Execution::new(file, vm, channel, false)),
+            _reservation: reservation,
+        }))
+    }
+
+    /// Records an execution that never ran and removes its folder.
+    async fn discard(&self, file: &ExecutionFile, folder: &Path, reason: &str) {
+        let mut lifecycle = file.lifecycle.clone();
+        let _ = lifecycle.advance(State::Stopping);
+        let _ = lifecycle.advance(State::Stopped);
+        let record = ExecutionRecord::new(
+            &file.id,
+            &file.program.item_hash,
+            lifecycle.times(),
+            &Default::default(),
+            file.program.content.resources.vcpus,
+            file.program.content.resources.memory,
+            &format!("failed: {reason}"),
+            serde_json::to_value(&file.program.content).unwrap_or_default(),
+        );
+        if let Err(e) = self.records.insert(&record).await {
+            tracing::warn!("cannot record execution {}: {e}", file.id);
+        }
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
+    /// Forwards a request to program `hash`, starting it if needed. The per-request
+    /// timeout is the program's `resources.seconds`, counted once its VM runs.
+    pub async fn forward<B>(
+        self: &Arc<Self>,
+        hash: &str,
+        request: http::Request<B>,
+    ) -> Result<(http::Response<Incoming>, Arc<Execution>), ProgramError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<crate::channel::BoxError>,
+    {
+        if self.is_draining() {
+            return Err(ProgramError::Draining);
+        }
+        let execution = self.get_or_start(hash).await?;
+        let timeout = Duration::from_secs(execution.program.content.resources.seconds.max(1).into());
+        let answer = {
+            let _in_flight = execution.begin_request();
+            tokio::time::timeout(timeout, execution.channel().forward(request)).await
+        };
+        match answer {
+            Ok(Ok(response)) => Ok((response, execution)),
+            Err(_) => Err(ProgramError::Timeout(timeout)),
+            Ok(Err(e)) => {
+                // A VM that died is replaced on the next request.
+                if execution.vm().status().await == VmStatus::Exited {
+                    self.stop(&execution.program.item_hash, "exited").await;
+                }
+                Err(ProgramError::NoAnswer(format!("the program's VM did not answer: {e}")))
+            }
+        }
+    }
+
+    /// Stops the running execution of `hash`, if any, and records it.
+    pub async fn stop(&self, hash: &str, reason: &str) -> bool {
+        let slot = {
+            let entries = self.entries.lock().expect("entries");
+            match entries.get(hash) {
+                Some(Entry::Running(slot)) => slot.clone(),
+                _ => return false,
+            }
+        };
+        self.stop_slot(hash, slot, reason).await
+    }
+
+    async fn stop_slot(&self, hash: &str, slot: Arc<Slot>, reason: &str) -> bool {
+        let execution = &slot.execution;
+        if !execution.begin_stop() {
+            return false;
+        }
+        {
+            // From now on a request starts a new VM (in a folder of its own).
+            let mut entries = self.entries.lock().expect("entries");
+            if matches!(entries.get(hash), Some(Entry::Running(s)) if Arc::ptr_eq(s, &slot)) {
+                entries.remove(hash);
+            }
+        }
+        let (outcome, usage) = execution.stop(StopTimeouts::default()).await;
+        tracing::info!(
+            "program {hash} stopped ({reason}): execution {}, {outcome:?}",
+            execution.id
+        );
+        let content = &execution.program.content;
+        let record = ExecutionRecord::new(
+            &execution.id,
+            hash,
+            &execution.times(),
+            &usage,
+            content.resources.vcpus,
+            content.resources.memory,
+            reason,
+            serde_json::to_value(content).unwrap_or_default(),
+        );
+        if let Err(e) = self.records.insert(&record).await {
+            tracing::warn!("cannot record execution {}: {e}", execution.id);
+        }
+        let _ = std::fs::remove_dir_all(execution.folder());
+        true
+    }
+
+    /// Stops every running VM (a node that shuts down for good).
+    pub async fn stop_all(&self, reason: &str) {
+        let stops = self
+            .slots()
+            .into_iter()
+            .map(|(hash, slot)| async move { self.stop_slot(&hash, slot, reason).await });
+        futures::future::join_all(stops).await;
+    }
+
+    /// Stops the VMs idle for longer than the idle timeout.
+    pub async fn stop_idle(&self) {
+        let timeout = self.config.idle_timeout();
+        for (hash, slot) in self.slots() {
+            if slot.execution.idle_for().is_some_and(|idle| idle >= timeout) {
+                self.stop_slot(&hash, slot, "idle").await;
+            }
+        }
+    }
+
+    /// Stops the executions whose program `matches` (a code or program update).
+    pub async fn stop_where(&self, reason: &str, matches: impl Fn(&Execution) -> bool) -> usize {
+        let mut stopped = 0;
+        for (hash, slot) in self.slots() {
+            if matches(&slot.execution) && self.stop_slot(&hash, slot, reason).await {
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// Takes back the VMs an earlier node process left running; cleans up the
+    /// folders of the others. Returns how many were adopted.
+    pub async fn adopt_all(&self) -> usize {
+        let Ok(dirs) = std::fs::read_dir(&self.executions_dir) else {
+            return 0;
+        };
+        let mut adopted = 0;
+        for dir in dirs.flatten() {
+            let folder = dir.path();
+            match self.adopt(&folder).await {
+                Ok(()) => adopted += 1,
+                Err(reason) => {
+                    tracing::info!("not adopting {}: {reason}", folder.display());
+                    if let Ok(vm) = self.hypervisor.adopt(&folder).await {
+                        let _ = vm.kill();
+                        vm.wait_exit(Duration::from_secs(5)).await;
+                    }
+                    let _ = std::fs::remove_dir_all(&folder);
+                }
+            }
+        }
+        adopted
+    }
+
+    async fn adopt(&self, folder: &Path) -> Result<(), String> {
+        let file = ExecutionFile::load(folder).ok_or("no readable execution.json")?;
+        if file.lifecycle.state() != State::Running {
+            return Err(format!("it was {:?}", file.lifecycle.state()));
+        }
+        let vm = self
+            .hypervisor
+            .adopt(folder)
+            .await
+            .map_err(|e| e.to_string())?;
+        let channel = Arc::new(AgentChannel::new(vm.channel()));
+        let health = tokio::time::timeout(Duration::from_secs(30), channel.health())
+            .await
+            .map_err(|_| "its agent does not answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        if health.app != AppState::Running {
+            return Err(format!("its app is {:?}", health.app));
+        }
+        let content = &file.program.content;
+        let reservation = self
+            .admission
+            .reserve(Amount {
+                memory_mib: content.resources.memory,
+                vcpus: content.resources.vcpus.into(),
+                disk_mib: prepare::own_disk_mib(content),
+            })
+            .map_err(|e| format!("no room for it: {e}"))?;
+        let hash = file.program.item_hash.clone();
+        let slot = Arc::new(Slot {
+            execution: Arc::new(Execution::new(file, vm, channel, true)),
+            _reservation: reservation,
+        });
+        let mut entries = self.entries.lock().expect("entries");
+        if entries.contains_key(&hash) {
+            return Err("another execution of the program runs".into());
+        }
+        tracing::info!("adopted program {hash} from {}", folder.display());
+        entries.insert(hash, Entry::Running(slot));
+        Ok(())
+    }
+
+    /// The program as it would run now (for checks that do not start it).
+    pub async fn program(&self, hash: &str) -> Result<ProgramMessage, ProgramError> {
+        self.resources.program(hash).await
+    }
+}
+
+/// The end of a VM's console, to explain a boot that went wrong.
+fn console_tail(folder: &Path) -> String {
+    let console = std::fs::read_to_string(folder.join("serial.log")).unwrap_or_default();
+    let start = console.len().saturating_sub(4000);
+    let start = (start..console.len())
+        .find(|i| console.is_char_boundary(*i))
+        .unwrap_or(console.len());
+    console[start..].to_string()
+}
