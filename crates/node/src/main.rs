@@ -2,6 +2,7 @@
 
 mod bench;
 mod ccn;
+mod crn;
 mod devnet;
 mod images;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run a Core Channel Node (messages, files, aggregates, balances).
     Ccn(ccn::Args),
+    /// Run a Compute Resource Node (on-demand programs in microVMs).
+    Crn(crn::Args),
     /// Run a local network on loopback: a CCN with pre-funded accounts.
     Devnet(devnet::Args),
     /// Build and cache the guest images (kernel, initramfs, runtimes).
@@ -40,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Ccn(args) => ccn::run(args).await,
+        Command::Crn(args) => crn::run(args).await,
         Command::Devnet(args) => devnet::run(args).await,
         Command::Images(args) => images::run(args).await,
         Command::Bench(args) => bench::run(args).await,
