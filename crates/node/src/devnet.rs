@@ -1,11 +1,21 @@
 //! `aleph-node devnet`: a whole network on loopback for development and tests.
 //!
-//! For now a CCN with pre-funded accounts (CRNs and the scheduler join later).
+//! A CCN in this process with pre-funded accounts, and one CRN as a child
+//! process (`aleph-node crn`, see [`crn`]) serving programs from microVMs. The
+//! guest images are built on first use (cached); the Python runtime is published
+//! as a STORE and named the default runtime (see [`runtime`]). Without the images
+//! or the agent to build them, the devnet runs its CCN alone and says why.
+//!
 //! The accounts' keys are derived from fixed seeds, so every devnet has the same
 //! ones and scripts can rely on them; `DIR/devnet.json` says where everything
-//! is, and is written only once the CCN answers.
+//! is, and is written only once everything answers.
 
-use aleph_ccn::{CcnConfig, FundedAccount};
+mod crn;
+mod example;
+mod runtime;
+
+use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
+use aleph_crn::images::{self, BuildOptions, GuestImages, StderrProgress};
 use aleph_types::account::{Account, EvmAccount};
 use aleph_types::chain::Chain;
 use anyhow::{Context, Result};
@@ -13,6 +23,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// ALEPH tokens each devnet account holds.
 const FUNDED_TOKENS: f64 = 1_000_000.0;
@@ -21,7 +32,8 @@ const FUNDED_CREDITS: u64 = 1_000_000_000_000;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Folder for the network's state (the CCN's database and files) and `devnet.json`.
+    /// Folder for the network's state (the CCN's database and files, the CRN's
+    /// executions) and `devnet.json`.
     #[arg(long)]
     data_dir: PathBuf,
     /// Loopback port of the CCN (0 picks a free one).
@@ -30,6 +42,22 @@ pub struct Args {
     /// How many funded accounts to create.
     #[arg(long, default_value_t = 5)]
     accounts: usize,
+    /// Loopback port of the CRN (0 picks a free one).
+    #[arg(long, default_value_t = 4020)]
+    crn_port: u16,
+    /// Run the CCN only: no images, no CRN.
+    #[arg(long)]
+    no_crn: bool,
+    /// Where the guest images are built and cached (`aleph-node images build
+    /// --data-dir`); default: $ALEPH_DATA_DIR, else the devnet's data folder.
+    #[arg(long, env = images::DATA_DIR_ENV)]
+    images_dir: Option<PathBuf>,
+    /// Deploy the example program (examples/hello) and print the curl line that answers.
+    #[arg(long)]
+    example: bool,
+    /// The folder deployed by --example (an ASGI app with main:app).
+    #[arg(long, requires = "example")]
+    example_dir: Option<PathBuf>,
 }
 
 /// `DIR/devnet.json`: what a client needs to use the network.
@@ -39,6 +67,14 @@ struct DevnetInfo {
     crn_urls: Vec<String>,
     scheduler_url: Option<String>,
     accounts: Vec<DevnetAccount>,
+    /// The STORE of the Python runtime, default of `aleph program upload`.
+    default_runtime: Option<String>,
+    /// Whose `vm-images` aggregate names it (the first account).
+    images_address: Option<String>,
+    /// Why there is no CRN, when there is none.
+    crn_unavailable: Option<String>,
+    /// The program `--example` deployed.
+    example: Option<example::Deployed>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +85,7 @@ struct DevnetAccount {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let accounts = devnet_accounts(args.accounts)?;
+    let accounts = devnet_accounts(args.accounts.max(1))?;
     let funded = accounts
         .iter()
         .map(|a| FundedAccount {
@@ -67,20 +103,130 @@ pub async fn run(args: Args) -> Result<()> {
     .await
     .context("starting the devnet's CCN")?;
 
-    let info = DevnetInfo {
+    let mut info = DevnetInfo {
         ccn_url: ccn.url(),
         crn_urls: Vec::new(),
         scheduler_url: None,
         accounts,
+        default_runtime: None,
+        images_address: None,
+        crn_unavailable: None,
+        example: None,
     };
+    let mut crn = None;
+    if args.no_crn {
+        info.crn_unavailable = Some("started with --no-crn".into());
+    } else {
+        match start_compute(&args, &ccn, &mut info).await {
+            Ok(child) => crn = Some(child),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                eprintln!("devnet: running the CCN only, without a CRN: {reason}");
+                info.crn_unavailable = Some(reason);
+            }
+        }
+    }
+    if args.example {
+        match &crn {
+            Some(child) => {
+                let folder = example::folder(args.example_dir.clone());
+                eprintln!(
+                    "devnet: deploying the example {} (its first answer boots a VM)",
+                    folder.display()
+                );
+                match example::deploy(
+                    &folder,
+                    &info.ccn_url,
+                    &child.url,
+                    &info.accounts[0].private_key,
+                )
+                .await
+                {
+                    Ok(deployed) => info.example = Some(deployed),
+                    Err(e) => eprintln!("devnet: the example was not deployed: {e:#}"),
+                }
+            }
+            None => eprintln!("devnet: --example needs a CRN; none is running"),
+        }
+    }
+
     let info_path = args.data_dir.join("devnet.json");
     write_info(&info_path, &info)?;
-    print_summary(&info, &info_path);
+    print_summary(&info, &info_path, crn.as_ref().map(|c| c.log.as_path()));
 
-    wait_for_stop_signal().await?;
+    match crn.as_mut() {
+        Some(child) => tokio::select! {
+            signal = wait_for_stop_signal() => signal?,
+            status = child.exited() => {
+                // A dead CRN is what a test may cause on purpose; the CCN stays.
+                tracing::warn!("the devnet's CRN exited ({status:?}); the CCN keeps running");
+                wait_for_stop_signal().await?;
+            }
+        },
+        None => wait_for_stop_signal().await?,
+    }
     tracing::info!("stopping the devnet");
+    if let Some(child) = crn {
+        child.stop(Duration::from_secs(20)).await;
+    } else if !args.no_crn {
+        crn::stop_left_vms(&args.data_dir.join("crn"));
+    }
     ccn.shutdown().await;
     Ok(())
+}
+
+/// Images (built if missing), the runtime published, and the CRN started.
+async fn start_compute(
+    args: &Args,
+    ccn: &CcnHandle,
+    info: &mut DevnetInfo,
+) -> Result<crn::CrnChild> {
+    if !crn::available().await {
+        anyhow::bail!("this aleph-node has no `crn` subcommand (rebuild it from a newer tree)");
+    }
+    let images_dir = args
+        .images_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.clone());
+    let images = guest_images(&images_dir).await?;
+    let owner = &info.accounts[0];
+    let published = runtime::publish(ccn, &owner.private_key, &images.python_runtime)
+        .await
+        .context("publishing the Python runtime")?;
+    info.default_runtime = Some(published);
+    info.images_address = Some(owner.address.clone());
+    let child = crn::start(crn::CrnOptions {
+        ccn_url: &info.ccn_url,
+        data_dir: &args.data_dir.join("crn"),
+        images_dir: &images_dir,
+        port: args.crn_port,
+    })
+    .await?;
+    info.crn_urls.push(child.url.clone());
+    Ok(child)
+}
+
+/// The cached images, or a build of them (minutes, the first time).
+async fn guest_images(images_dir: &Path) -> Result<GuestImages> {
+    if let Some(images) = images::cached(images_dir) {
+        return Ok(images);
+    }
+    eprintln!(
+        "devnet: building the guest images into {} (the first time takes a few minutes)",
+        images_dir.display()
+    );
+    let options = BuildOptions::new(images_dir);
+    let agent = options.guest_bin();
+    if !agent.is_file() {
+        anyhow::bail!(
+            "the guest agent {} is missing: build it with scripts/build-guest (or set {}), then start the devnet again",
+            agent.display(),
+            images::GUEST_BIN_ENV
+        );
+    }
+    images::build(&options, &StderrProgress)
+        .await
+        .context("building the guest images (`aleph-node images build` shows the same steps)")
 }
 
 /// The devnet's accounts: key `i` is sha256("aleph-devnet-account-{i}").
@@ -106,9 +252,21 @@ fn write_info(path: &Path, info: &DevnetInfo) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-fn print_summary(info: &DevnetInfo, info_path: &Path) {
+fn print_summary(info: &DevnetInfo, info_path: &Path, crn_log: Option<&Path>) {
     println!("Aleph devnet running (Ctrl-C to stop)");
     println!("  CCN:         {}", info.ccn_url);
+    for url in &info.crn_urls {
+        println!("  CRN:         {url}");
+    }
+    if let Some(log) = crn_log {
+        println!("  CRN log:     {}", log.display());
+    }
+    if let Some(reason) = &info.crn_unavailable {
+        println!("  CRN:         none ({reason})");
+    }
+    if let Some(runtime) = &info.default_runtime {
+        println!("  Runtime:     {runtime} (default of `aleph program upload`)");
+    }
     println!("  devnet.json: {}", info_path.display());
     println!("  Accounts, each with {FUNDED_TOKENS} ALEPH and {FUNDED_CREDITS} credits:");
     for account in &info.accounts {
@@ -117,14 +275,29 @@ fn print_summary(info: &DevnetInfo, info_path: &Path) {
             account.address, account.private_key
         );
     }
+    let key = info
+        .accounts
+        .first()
+        .map(|a| a.private_key.as_str())
+        .unwrap_or("<key>");
     println!(
-        "  Try: aleph --ccn {} --private-key {} account show",
-        info.ccn_url,
-        info.accounts
-            .first()
-            .map(|a| a.private_key.as_str())
-            .unwrap_or("<key>")
+        "  Try: aleph --ccn {} --private-key {key} account show",
+        info.ccn_url
     );
+    if let Some(crn) = info.crn_urls.first() {
+        println!(
+            "       aleph --ccn {} --private-key {key} program upload examples/hello main:app --crn {crn}",
+            info.ccn_url
+        );
+    }
+    if let Some(example) = &info.example {
+        println!("  Example program {}:", example.item_hash);
+        match &example.answer {
+            Some(answer) => println!("    it answered {answer}"),
+            None => println!("    it has not answered yet (see the CRN log)"),
+        }
+        println!("    curl {}", example.url);
+    }
 }
 
 async fn wait_for_stop_signal() -> Result<()> {
@@ -168,6 +341,10 @@ mod tests {
             crn_urls: Vec::new(),
             scheduler_url: None,
             accounts: devnet_accounts(1).unwrap(),
+            default_runtime: None,
+            images_address: None,
+            crn_unavailable: Some("started with --no-crn".into()),
+            example: None,
         };
         write_info(&path, &info).unwrap();
         let written: serde_json::Value =

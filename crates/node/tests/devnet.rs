@@ -43,7 +43,13 @@ async fn devnet_writes_its_info_and_funds_its_accounts() {
     let child = Command::new(env!("CARGO_BIN_EXE_aleph-node"))
         .args(["devnet", "--data-dir"])
         .arg(dir.path())
-        .args(["--ccn-port", &port.to_string(), "--accounts", "3"])
+        .args([
+            "--ccn-port",
+            &port.to_string(),
+            "--accounts",
+            "3",
+            "--no-crn",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -53,6 +59,7 @@ async fn devnet_writes_its_info_and_funds_its_accounts() {
     let ccn_url = format!("http://127.0.0.1:{port}");
     assert_eq!(info["ccn_url"], ccn_url);
     assert_eq!(info["crn_urls"], serde_json::json!([]));
+    assert_eq!(info["crn_unavailable"], "started with --no-crn");
     assert!(info["scheduler_url"].is_null());
     let accounts = info["accounts"].as_array().unwrap();
     assert_eq!(accounts.len(), 3);
@@ -115,6 +122,7 @@ fn devnet_keys_are_the_same_on_every_start() {
                 "0",
                 "--accounts",
                 accounts,
+                "--no-crn",
                 "--data-dir",
             ])
             .arg(dir.path())
@@ -130,4 +138,50 @@ fn devnet_keys_are_the_same_on_every_start() {
     assert_eq!(two[0], three[0]);
     assert_eq!(two[1], three[1]);
     assert_ne!(three[0]["address"], three[2]["address"]);
+}
+
+/// Without the agent to build images from, the devnet still runs its CCN and
+/// says, in devnet.json and on stderr, what is missing and how to get it.
+#[tokio::test]
+async fn devnet_without_images_runs_its_ccn_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_aleph-node"))
+        .args(["devnet", "--ccn-port", "0", "--crn-port", "0", "--data-dir"])
+        .arg(dir.path().join("net"))
+        .arg("--images-dir")
+        .arg(images.path())
+        .env("ALEPH_GUEST_BIN", images.path().join("no-such-agent"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut devnet = Devnet(child);
+    let info = wait_for_info(&dir.path().join("net/devnet.json"), &mut devnet);
+    assert_eq!(info["crn_urls"], serde_json::json!([]));
+    assert!(info["default_runtime"].is_null());
+    let reason = info["crn_unavailable"].as_str().expect("a reason");
+    let has_crn = Command::new(env!("CARGO_BIN_EXE_aleph-node"))
+        .args(["crn", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if has_crn {
+        assert!(reason.contains("scripts/build-guest"), "{reason}");
+        assert!(reason.contains("no-such-agent"), "{reason}");
+    } else {
+        assert!(reason.contains("no `crn` subcommand"), "{reason}");
+    }
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(stderr.contains(reason), "{stderr}");
+
+    // The CCN answers all the same.
+    let ccn_url = info["ccn_url"].as_str().unwrap();
+    let answer = reqwest::get(format!("{ccn_url}/api/v0/messages.json"))
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
 }

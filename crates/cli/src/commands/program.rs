@@ -592,33 +592,15 @@ fn vm_url(crn: &str, hash: &str) -> String {
     format!("{}/vm/{hash}/", crn.trim_end_matches('/'))
 }
 
-/// The host name label of a program: base32 (RFC 4648, lowercase, no
-/// padding) of the hash's 32 bytes, as CRNs route `{label}.{domain}`. Only
-/// native (sha256) hashes have one.
+/// The host name label CRNs route `{label}.{domain}` by; only native
+/// (sha256) hashes have one.
 fn hostname(hash: &str) -> Option<String> {
-    let bytes = hex::decode(hash).ok().filter(|b| b.len() == 32)?;
-    Some(data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase())
+    aleph_protocol::hostname::encode(hash).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_names_are_lowercase_unpadded_base32_of_the_hash_bytes() {
-        // RFC 4648 test vector, padded to 32 bytes with zeros.
-        let mut bytes = b"foobar".to_vec();
-        bytes.resize(32, 0);
-        let name = hostname(&hex::encode(&bytes)).unwrap();
-        assert!(name.starts_with("mzxw6ytboi"), "{name}");
-        assert_eq!(name.len(), 52);
-        assert_eq!(name, name.to_lowercase());
-        assert!(!name.contains('='));
-        assert_eq!(
-            hostname("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"),
-            None
-        );
-    }
 
     #[test]
     fn env_vars_are_pairs() {

@@ -1,0 +1,240 @@
+//! The devnet's CRN: `aleph-node crn` as a child process (this same binary),
+//! so it can die, or be killed by a test, as a real node does, while the CCN
+//! keeps running. Its output goes to `DIR/crn/crn.log`.
+
+use anyhow::{Context, Result, bail};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// How long a CRN may take to answer after its start (it probes KVM with a VM boot).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub struct CrnChild {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    data_dir: PathBuf,
+}
+
+pub struct CrnOptions<'a> {
+    pub ccn_url: &'a str,
+    /// The CRN's own folder.
+    pub data_dir: &'a Path,
+    /// Where the images were built (their data folder).
+    pub images_dir: &'a Path,
+    /// 0 picks a free one.
+    pub port: u16,
+}
+
+/// Starts the CRN and waits until its API answers.
+pub async fn start(options: CrnOptions<'_>) -> Result<CrnChild> {
+    std::fs::create_dir_all(options.data_dir)
+        .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let port = match options.port {
+        0 => free_port()?,
+        port => port,
+    };
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let log = options.data_dir.join("crn.log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let exe = std::env::current_exe().context("locating the aleph-node binary")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("crn")
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--ccn")
+        .arg(options.ccn_url)
+        .arg("--data-dir")
+        .arg(options.data_dir)
+        .arg("--images-dir")
+        .arg(options.images_dir)
+        // A devnet's VMs end with it; a real node keeps them for its next start.
+        .arg("--stop-vms-on-exit")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    // If the devnet dies without stopping it (SIGKILL), the CRN is told to stop
+    // rather than left running on its own.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = command.spawn().context("starting `aleph-node crn`")?;
+    let mut crn = CrnChild {
+        child,
+        url: format!("http://{listen}"),
+        log,
+        data_dir: options.data_dir.to_owned(),
+    };
+    crn.wait_ready().await?;
+    Ok(crn)
+}
+
+impl CrnChild {
+    async fn wait_ready(&mut self) -> Result<()> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "`aleph-node crn` exited with {status} before answering; its log: {}\n{}",
+                    self.log.display(),
+                    tail(&self.log, 15)
+                );
+            }
+            let probe = http
+                .get(format!("{}/about/usage/system", self.url))
+                .send()
+                .await;
+            if probe.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.start_kill();
+                bail!(
+                    "the CRN did not answer on {} within {} s; its log: {}",
+                    self.url,
+                    READY_TIMEOUT.as_secs(),
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Resolves when the CRN process ends by itself.
+    pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// SIGTERM (the CRN then stops its VMs), then SIGKILL after `grace`; then
+    /// ends any VM still left: VMs are detached processes, meant to outlive a
+    /// CRN restart, not the devnet.
+    pub async fn stop(mut self, grace: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        stop_left_vms(&self.data_dir);
+    }
+}
+
+/// Sends SIGTERM to every VM process whose pidfile is under `data_dir` and whose
+/// command line names that folder (so a reused pid is never hit).
+pub fn stop_left_vms(data_dir: &Path) {
+    let marker = data_dir.to_string_lossy().into_owned();
+    for pidfile in pidfiles(data_dir) {
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&marker) {
+            tracing::info!("stopping VM process {pid} left by the devnet's CRN");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+fn pidfiles(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "pid") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The last `lines` lines of a log, to show why a child failed.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether this binary has the `crn` subcommand (it is absent from builds
+/// made before the CRN existed); checked so the devnet can say so plainly.
+pub async fn available() -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
+    Command::new(exe)
+        .args(["crn", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfiles_are_found_at_any_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("executions/abc");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("qemu.pid"), "1").unwrap();
+        std::fs::write(deep.join("serial.log"), "").unwrap();
+        std::fs::write(dir.path().join("top.pid"), "2").unwrap();
+        let mut found = pidfiles(dir.path());
+        found.sort();
+        assert_eq!(found, [deep.join("qemu.pid"), dir.path().join("top.pid")]);
+    }
+
+    #[test]
+    fn a_pid_whose_command_line_is_elsewhere_is_left_alone() {
+        // Our own pid: its command line does not name the temporary folder.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.pid"), std::process::id().to_string()).unwrap();
+        stop_left_vms(dir.path());
+        // Still alive to assert.
+        assert!(Path::new(&format!("/proc/{}", std::process::id())).exists());
+    }
+}
