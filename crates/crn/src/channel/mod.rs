@@ -67,6 +67,13 @@ const HOP_BY_HOP: [header::HeaderName; 5] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// How long one readiness attempt waits for the agent. A booting guest's agent starts
+/// serving within a few seconds of QEMU starting, even under TCG.
+const READY_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// How long the host stays away before opening a new session after an unanswered one.
+const RESYNC_PAUSE: Duration = Duration::from_millis(500);
+
 /// The HTTP/2 client of one VM's agent. Cheap to share (`Arc`); requests run
 /// concurrently as streams of one session.
 pub struct AgentChannel {
@@ -121,24 +128,31 @@ impl AgentChannel {
         self.sessions.reset().await;
     }
 
-    /// Waits until the agent answers its health route, up to `timeout` (a booting VM
-    /// answers once its agent serves the channel). One request waits all along rather
-    /// than polling: bytes sent before the guest opens its port wait in the socket.
+    /// Waits until the agent answers its health route, up to `timeout`: a booting VM
+    /// answers once its agent serves the channel, an adopted one at once.
+    ///
+    /// Each attempt is bounded. An attempt that gets no answer closes the session and
+    /// pauses before the next one, so that the agent sees the host leave and starts
+    /// afresh: a host that reconnects at once (a supervisor re-adopting its VMs) could
+    /// otherwise have its new session's first bytes read by the agent's old one.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Health, ChannelError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, self.health()).await {
+            if left.is_zero() {
+                return Err(ChannelError::Timeout(timeout));
+            }
+            match tokio::time::timeout(left.min(READY_ATTEMPT), self.health()).await {
                 Ok(Ok(health)) => return Ok(health),
-                // QEMU may not have created the socket yet, or the session dropped
-                // during the guest's boot: try again until the deadline.
-                Ok(Err(ChannelError::Connect { .. } | ChannelError::Session(_)))
-                    if !left.is_zero() =>
-                {
+                // No socket yet (QEMU is starting), or the session broke during boot.
+                Ok(Err(ChannelError::Connect { .. } | ChannelError::Session(_))) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(ChannelError::Timeout(timeout)),
+                Err(_) => {
+                    self.disconnect().await;
+                    tokio::time::sleep(RESYNC_PAUSE.min(left)).await;
+                }
             }
         }
     }

@@ -62,6 +62,9 @@ pub struct Args {
     /// Seconds a VM sits idle after its first answer before its memory is read.
     #[arg(long, default_value_t = 5)]
     idle_seconds: u64,
+    /// TCG translation cache per VM, MiB (both sides).
+    #[arg(long, default_value_t = QemuConfig::default().tcg_tb_size_mib)]
+    tcg_tb_size_mib: u32,
     /// A statically linked busybox for the reference's init.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
@@ -73,21 +76,32 @@ struct Images {
     runtime: PathBuf,
 }
 
+/// The paths given, else the images cached by `aleph-node images build`.
 fn images(args: &Args) -> Result<Images> {
-    match (&args.kernel, &args.initramfs, &args.runtime) {
-        (Some(kernel), Some(initramfs), Some(runtime)) => Ok(Images {
+    if let (Some(kernel), Some(initramfs), Some(runtime)) =
+        (&args.kernel, &args.initramfs, &args.runtime)
+    {
+        return Ok(Images {
             kernel: kernel.clone(),
             initramfs: initramfs.clone(),
             runtime: runtime.clone(),
-        }),
-        _ => bail!(
-            "give --kernel, --initramfs and --runtime (the cached images of {} are not found)",
-            args.data_dir
-                .as_deref()
-                .unwrap_or(Path::new("target/aleph-data"))
-                .display()
-        ),
+        });
     }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(aleph_crn::images::default_data_dir);
+    let cached = aleph_crn::images::cached(&data_dir).with_context(|| {
+        format!(
+            "no guest images in {}: run `aleph-node images build` first, or give --kernel, --initramfs and --runtime",
+            data_dir.display()
+        )
+    })?;
+    Ok(Images {
+        kernel: args.kernel.clone().unwrap_or(cached.vmlinuz),
+        initramfs: args.initramfs.clone().unwrap_or(cached.initramfs),
+        runtime: args.runtime.clone().unwrap_or(cached.python_runtime),
+    })
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -107,7 +121,12 @@ pub async fn run(args: Args) -> Result<()> {
     std::fs::read(&images.runtime).context("reading the runtime")?;
 
     let driver = QemuDriver::new(QemuConfig {
-        state_dir: args.data_dir.clone(),
+        state_dir: Some(
+            args.data_dir
+                .clone()
+                .unwrap_or_else(aleph_crn::images::default_data_dir),
+        ),
+        tcg_tb_size_mib: args.tcg_tb_size_mib,
         ..QemuConfig::default()
     });
     let verdict = driver.accel_for(&images.kernel).await;
@@ -412,7 +431,7 @@ fn reference_initramfs_bytes(images: &Images, busybox: &Path) -> Result<Vec<u8>>
         busybox.display()
     );
     let mut bytes = std::fs::read(&images.initramfs)?;
-    while bytes.len() % 4 != 0 {
+    while !bytes.len().is_multiple_of(4) {
         bytes.push(0);
     }
     let mut overlay = Cpio::default();
@@ -514,7 +533,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -544,7 +563,7 @@ fn median(values: &[Duration]) -> Duration {
     let mut sorted = values.to_vec();
     sorted.sort();
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2
     } else {
         sorted[mid]
