@@ -11,6 +11,7 @@ on_both_backends!(
     large_file_needs_a_signed_store,
     store_rejected_with_its_file_keeps_nothing,
     store_after_file_is_processed,
+    file_lookups_by_message_ref_and_owner,
 );
 
 async fn upload_and_download(node: TestNode) {
@@ -226,4 +227,73 @@ async fn store_after_file_is_processed(node: TestNode) {
         ))
         .await;
     assert_eq!(got["message"]["content"]["size"], 14);
+}
+
+async fn file_lookups_by_message_ref_and_owner(node: TestNode) {
+    let alice = Wallet::random();
+    let first = node.upload_stored(&alice, b"v1".to_vec()).await;
+    let v2 = node.upload(b"version 2".to_vec()).await;
+    let named = alice.message(
+        "STORE",
+        json!({"item_type": "storage", "item_hash": v2, "ref": "reports/q4"}),
+    );
+    node.accept(&named).await;
+
+    let (status, meta) = node
+        .get_json(&format!("/api/v0/storage/by-message-hash/{first}"))
+        .await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["file_hash"], sha256_hex(b"v1"));
+    assert_eq!(meta["size"], 2);
+    assert_eq!(meta["owner"], json!(alice.address()));
+
+    let (status, by_ref) = node
+        .get_json(&format!(
+            "/api/v0/storage/by-ref/{}/reports/q4",
+            alice.address()
+        ))
+        .await;
+    assert_eq!(status, 200, "{by_ref}");
+    assert_eq!(by_ref["file_hash"], v2);
+    assert_eq!(by_ref["ref"], "reports/q4");
+    let (_, by_ref) = node
+        .get_json(&format!(
+            "/api/v0/storage/by-ref/reports/q4?owner={}",
+            alice.address()
+        ))
+        .await;
+    assert_eq!(by_ref["file_hash"], v2);
+    let (status, _) = node
+        .get_json(&format!(
+            "/api/v0/storage/by-ref/{}/reports/q4",
+            Wallet::random().address()
+        ))
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, listed) = node
+        .get_json(&format!(
+            "/api/v0/addresses/{}/files?cursor=&pagination=1",
+            alice.address()
+        ))
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["files"][0]["file_hash"], v2);
+    assert_eq!(listed["total_size"], 11.0);
+    let cursor = listed["next_cursor"].as_str().unwrap().to_string();
+    let (_, rest) = node
+        .get_json(&format!(
+            "/api/v0/addresses/{}/files?cursor={cursor}&pagination=1",
+            alice.address()
+        ))
+        .await;
+    assert_eq!(rest["files"][0]["item_hash"], first);
+    assert!(rest["next_cursor"].is_null());
+    let (status, _) = node
+        .get_json(&format!(
+            "/api/v0/addresses/{}/files",
+            Wallet::random().address()
+        ))
+        .await;
+    assert_eq!(status, 404);
 }

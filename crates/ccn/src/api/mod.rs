@@ -28,6 +28,15 @@ pub fn router(ccn: Arc<Ccn>) -> Router {
         .route("/api/v0/storage/add_file", post(storage::add_file))
         .route("/api/v0/storage/add_json", post(storage::add_json))
         .route("/api/v0/storage/raw/{hash}", get(storage::raw))
+        .route(
+            "/api/v0/storage/by-message-hash/{hash}",
+            get(storage::by_message_hash),
+        )
+        .route("/api/v0/storage/by-ref/{*reference}", get(storage::by_ref))
+        .route(
+            "/api/v0/addresses/{address}/files",
+            get(storage::files_of_address),
+        )
         .route("/api/v0/aggregates/{address}", get(aggregates::get))
         .route("/api/v0/addresses/{address}/balance", get(balances::get))
         .route("/api/v0/price/estimate", post(prices::estimate))

@@ -286,3 +286,97 @@ pub async fn raw(
     );
     Ok(response)
 }
+
+fn file_metadata(file: &crate::store::messages::StoredFile) -> Value {
+    json!({
+        "ref": file.content_ref.clone().unwrap_or_else(|| file.store_hash.clone()),
+        "owner": file.owner,
+        "file_hash": file.file_hash,
+        "size": file.size,
+        "item_hash": file.store_hash,
+    })
+}
+
+/// `GET /api/v0/storage/by-message-hash/{hash}`: the file a STORE points at.
+pub async fn by_message_hash(
+    axum::extract::State(ccn): State,
+    Path(hash): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let file = crate::store::messages::file_of_store(&ccn.db.pool, &hash)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no processed STORE message {hash}")))?;
+    Ok(Json(file_metadata(&file)))
+}
+
+/// `GET /api/v0/storage/by-ref/{ref}` or `by-ref/{owner}/{ref}`: the newest STORE with that `ref`.
+pub async fn by_ref(
+    axum::extract::State(ccn): State,
+    Path(path): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params = super::query_map(&uri)?;
+    let (owner, reference) = match (params.get("owner"), path.split_once('/')) {
+        (Some(owner), _) => (Some(owner.as_str()), path.as_str()),
+        (None, Some((owner, reference))) if owner.starts_with("0x") => (Some(owner), reference),
+        _ => (None, path.as_str()),
+    };
+    let file = crate::store::messages::file_by_ref(&ccn.db.pool, reference, owner)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no file with ref {reference:?}")))?;
+    Ok(Json(file_metadata(&file)))
+}
+
+/// `GET /api/v0/addresses/{address}/files`: the owner's stored files (page or cursor mode).
+pub async fn files_of_address(
+    axum::extract::State(ccn): State,
+    Path(address): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params = super::query_map(&uri)?;
+    let number = |name: &str, default: u64| -> Result<u64, ApiError> {
+        match params.get(name).filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid {name}: {v:?}"))),
+        }
+    };
+    let ascending = params
+        .get("sort_order")
+        .or(params.get("sortOrder"))
+        .is_some_and(|v| v == "1");
+    let per_page = number("pagination", 100)?.clamp(1, 1000);
+    let files = crate::store::messages::files_of(&ccn.db.pool, &address, ascending).await?;
+    if files.is_empty() {
+        return Err(ApiError::not_found(format!("no files stored by {address}")));
+    }
+    let total_size: i64 = files.iter().map(|f| f.size).sum();
+    let offset = match params.get("cursor") {
+        Some(cursor) => number("cursor", 0)
+            .map_err(|_| ApiError::bad_request(format!("invalid cursor {cursor:?}")))?,
+        None => (number("page", 1)?.max(1) - 1) * per_page,
+    };
+    let page: Vec<Value> = files
+        .iter()
+        .skip(offset as usize)
+        .take(per_page as usize)
+        .map(|f| {
+            json!({
+                "file_hash": f.file_hash, "size": f.size, "type": "file",
+                "created": f.created, "item_hash": f.store_hash,
+            })
+        })
+        .collect();
+    let next = offset + page.len() as u64;
+    let next_cursor = (next < files.len() as u64).then(|| next.to_string());
+    Ok(Json(json!({
+        "address": address,
+        "total_size": total_size as f64,
+        "files": page,
+        "next_cursor": next_cursor,
+        "pagination_page": offset / per_page + 1,
+        "pagination_total": files.len(),
+        "pagination_per_page": per_page,
+        "pagination_item": "files",
+    })))
+}

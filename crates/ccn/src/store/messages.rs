@@ -396,3 +396,93 @@ pub async fn file_still_referenced(
     .await?;
     Ok(count > 0)
 }
+
+/// A stored file as its owner's STOREs describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFile {
+    pub store_hash: String,
+    pub file_hash: String,
+    pub owner: String,
+    pub content_ref: Option<String>,
+    pub size: i64,
+    pub created: f64,
+}
+
+const STORED_FILE_COLUMNS: &str = "m.item_hash, m.file_hash, m.owner, m.content_ref, \
+    COALESCE(f.size, 0) AS size, m.reception_time";
+
+fn stored_file(row: &AnyRow) -> sqlx::Result<StoredFile> {
+    Ok(StoredFile {
+        store_hash: row.try_get("item_hash")?,
+        file_hash: row
+            .try_get::<Option<String>, _>("file_hash")?
+            .unwrap_or_default(),
+        owner: row.try_get("owner")?,
+        content_ref: row.try_get("content_ref")?,
+        size: row.try_get("size")?,
+        created: row.try_get("reception_time")?,
+    })
+}
+
+/// Processed STOREs of an owner, newest first (or oldest first with `ascending`).
+pub async fn files_of(
+    pool: &sqlx::AnyPool,
+    owner: &str,
+    ascending: bool,
+) -> sqlx::Result<Vec<StoredFile>> {
+    let order = if ascending { "ASC" } else { "DESC" };
+    let sql = format!(
+        "SELECT {STORED_FILE_COLUMNS} FROM messages m LEFT JOIN files f ON f.file_hash = m.file_hash \
+         WHERE m.owner_key = $1 AND m.message_type = 'STORE' AND m.status = $2 \
+         ORDER BY m.time {order}, m.item_hash {order}"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(address_key(owner))
+        .bind(status::PROCESSED)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(stored_file).collect()
+}
+
+/// The file of a processed STORE message.
+pub async fn file_of_store(
+    pool: &sqlx::AnyPool,
+    store_hash: &str,
+) -> sqlx::Result<Option<StoredFile>> {
+    let sql = format!(
+        "SELECT {STORED_FILE_COLUMNS} FROM messages m LEFT JOIN files f ON f.file_hash = m.file_hash \
+         WHERE m.item_hash = $1 AND m.message_type = 'STORE' AND m.status = $2"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(store_hash)
+        .bind(status::PROCESSED)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(stored_file).transpose()
+}
+
+/// The newest processed STORE with this `ref` (of this owner, when given).
+pub async fn file_by_ref(
+    pool: &sqlx::AnyPool,
+    reference: &str,
+    owner: Option<&str>,
+) -> sqlx::Result<Option<StoredFile>> {
+    let owner_clause = if owner.is_some() {
+        " AND m.owner_key = $3"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {STORED_FILE_COLUMNS} FROM messages m LEFT JOIN files f ON f.file_hash = m.file_hash \
+         WHERE m.content_ref = $1 AND m.message_type = 'STORE' AND m.status = $2{owner_clause} \
+         ORDER BY m.time DESC LIMIT 1"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(reference)
+        .bind(status::PROCESSED);
+    if let Some(owner) = owner {
+        query = query.bind(address_key(owner));
+    }
+    let row = query.fetch_optional(pool).await?;
+    row.as_ref().map(stored_file).transpose()
+}
