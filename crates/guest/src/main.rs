@@ -48,7 +48,12 @@ fn main() {
         power::off();
     }));
     let booted = boot::run().unwrap_or_else(|e| fatal(e));
-    syslog!("runtime root ready");
+    let [started, loaded, rooted] = booted.timings;
+    syslog!(
+        "runtime root ready (init at {started:.3} s, modules {:.0} ms, root {:.0} ms)",
+        (loaded - started) * 1e3,
+        (rooted - loaded) * 1e3
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

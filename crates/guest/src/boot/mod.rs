@@ -31,6 +31,9 @@ impl LateModules {
 
 pub struct Booted {
     pub late_modules: LateModules,
+    /// Guest uptime (seconds) when init started, when the boot modules were loaded, and
+    /// when the runtime became the root: where boot time goes.
+    pub timings: [f64; 3],
 }
 
 /// Gives PID 1 a stdin/stdout/stderr on the console when the kernel could not.
@@ -50,6 +53,7 @@ fn attach_console() {
 }
 
 pub fn run() -> Result<Booted> {
+    let started = crate::uptime_seconds();
     mounts::early(Path::new("/"))?;
     attach_console();
 
@@ -66,6 +70,7 @@ pub fn run() -> Result<Booted> {
     for (name, file) in modules::open(dir, &plan.boot)? {
         modules::load(&name, &file)?;
     }
+    let loaded = crate::uptime_seconds();
     // Opened now: once the root is switched the initramfs is out of reach.
     let late_modules = LateModules(modules::open(dir, &plan.late)?);
 
@@ -75,5 +80,8 @@ pub fn run() -> Result<Booted> {
     mounts::move_early(Path::new(crate::paths::NEW_ROOT))?;
     root::switch()?;
     mounts::late()?;
-    Ok(Booted { late_modules })
+    Ok(Booted {
+        late_modules,
+        timings: [started, loaded, crate::uptime_seconds()],
+    })
 }
