@@ -1,0 +1,286 @@
+//! End to end, as a user: a fresh devnet (CCN + a CRN child process), the real
+//! `aleph` CLI uploading `examples/hello`, and the program answering from a
+//! microVM through the CRN; then a warm second request, a code update, and a
+//! POST with a body and a query string.
+//!
+//! Needs the guest images built in `$ALEPH_DATA_DIR` (`scripts/test` builds
+//! them first) and the `aleph` binary of the same build (`cargo test
+//! --workspace` builds it; alone: `cargo build -p aleph-cli`). Without the
+//! images it says so and passes.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// VM boots under TCG on a busy 2-core machine take several times the idle figure.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+/// The devnet is ready once its CRN answers (the CRN probes KVM on its first start).
+const DEVNET_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Stops the devnet (SIGTERM, so its CRN stops its VMs) even when an assertion fails.
+struct Devnet {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `target/<profile>/aleph`: test binaries run from `target/<profile>/deps`.
+fn aleph_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let cli = profile_dir.join("aleph");
+    assert!(
+        cli.is_file(),
+        "{} is missing: build it with `cargo build -p aleph-cli` (cargo test --workspace does)",
+        cli.display()
+    );
+    cli
+}
+
+fn images_dir() -> Option<PathBuf> {
+    let dir = aleph_crn::images::default_data_dir();
+    aleph_crn::images::cached(&dir).map(|_| dir)
+}
+
+fn start_devnet(images: &Path) -> (Devnet, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("devnet.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_aleph-node"))
+        .args([
+            "devnet",
+            "--ccn-port",
+            "0",
+            "--crn-port",
+            "0",
+            "--accounts",
+            "2",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("net"))
+        .arg("--images-dir")
+        .arg(images)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut devnet = Devnet { child, dir };
+    let info_path = devnet.dir.path().join("net/devnet.json");
+    let deadline = Instant::now() + DEVNET_TIMEOUT;
+    let info = loop {
+        if let Ok(bytes) = std::fs::read(&info_path) {
+            break serde_json::from_slice::<Value>(&bytes).unwrap();
+        }
+        if let Some(status) = devnet.child.try_wait().unwrap() {
+            panic!(
+                "the devnet exited with {status}: {}",
+                std::fs::read_to_string(devnet.dir.path().join("devnet.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no devnet.json after {DEVNET_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    (devnet, info)
+}
+
+/// Runs the real CLI against the devnet with its first account; must succeed.
+fn aleph(info: &Value, args: &[&std::ffi::OsStr]) -> Value {
+    let output = Command::new(aleph_binary())
+        .arg("--ccn")
+        .arg(info["ccn_url"].as_str().unwrap())
+        .arg("--private-key")
+        .arg(info["accounts"][0]["private_key"].as_str().unwrap())
+        .arg("--json")
+        .args(args)
+        .env_remove("ALEPH_RUNTIME")
+        .env_remove("ALEPH_IMAGES_ADDRESS")
+        .env_remove("ALEPH_CRN")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "aleph {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(ANSWER_TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+/// The running execution of `hash` on the CRN, from `/v2/about/executions/list`.
+async fn execution(crn: &str, hash: &str) -> Value {
+    let list: Value = http()
+        .get(format!("{crn}/v2/about/executions/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list[hash].clone()
+}
+
+/// GETs `url` until it answers `expected` (a new code version takes effect
+/// once the CRN has seen its STORE and stopped the old VM).
+async fn wait_for_answer(url: &str, expected: &Value) -> Value {
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let last = match http().get(url).send().await {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                match serde_json::from_str::<Value>(&body) {
+                    Ok(value) if status.is_success() && &value == expected => return value,
+                    _ => format!("{status}: {body}"),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered {expected}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_is_uploaded_answers_warm_updates_and_round_trips_a_post() {
+    let Some(images) = images_dir() else {
+        eprintln!(
+            "e2e_devnet: skipped, no guest images in {} (build them with scripts/build-guest, then `aleph-node images build`; scripts/test does)",
+            aleph_crn::images::default_data_dir().display()
+        );
+        return;
+    };
+    let (devnet, info) = start_devnet(&images);
+    let crn = info["crn_urls"][0].as_str().unwrap_or_else(|| {
+        panic!(
+            "the devnet has no CRN ({}); its log: {}",
+            info["crn_unavailable"],
+            std::fs::read_to_string(devnet.dir.path().join("net/crn/crn.log")).unwrap_or_default()
+        )
+    });
+    assert!(info["default_runtime"].is_string(), "{info}");
+
+    // Upload the example as the README says, with the runtime the devnet publishes.
+    let hello = workspace_root().join("examples/hello");
+    let uploaded = aleph(
+        &info,
+        &[
+            "program".as_ref(),
+            "upload".as_ref(),
+            hello.as_os_str(),
+            "main:app".as_ref(),
+            "--crn".as_ref(),
+            crn.as_ref(),
+        ],
+    );
+    let hash = uploaded["item_hash"].as_str().unwrap().to_owned();
+    assert_eq!(uploaded["runtime"], info["default_runtime"]);
+    let url = uploaded["url"].as_str().unwrap().to_owned();
+    assert_eq!(url, format!("{crn}/vm/{hash}/"));
+
+    // The cold start: the answer comes from FastAPI in a microVM.
+    let response = http().get(&url).send().await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"message": "Hello World"})
+    );
+    assert_eq!(headers["aleph-program-itemhash"], hash.as_str());
+    assert_eq!(
+        headers["aleph-program-code-ref"],
+        uploaded["code_ref"].as_str().unwrap()
+    );
+    let first = execution(crn, &hash).await;
+    assert_eq!(first["running"], true, "{first}");
+
+    // Warm: the same execution answers again.
+    let again: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again, json!({"message": "Hello World"}));
+    let second = execution(crn, &hash).await;
+    assert_eq!(second["execution_id"], first["execution_id"]);
+    assert_eq!(
+        second["status"]["started_at"],
+        first["status"]["started_at"]
+    );
+
+    // A new version of the code, with an endpoint echoing what it gets.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("main.py"),
+        "from fastapi import FastAPI, Request\n\napp = FastAPI()\n\n\n\
+         @app.get(\"/\")\nasync def root():\n    return {\"message\": \"Hello again\"}\n\n\n\
+         @app.post(\"/echo\")\nasync def echo(request: Request):\n    \
+         body = await request.body()\n    \
+         return {\"method\": request.method, \"query\": dict(request.query_params), \"body\": body.decode()}\n",
+    )
+    .unwrap();
+    let updated = aleph(
+        &info,
+        &[
+            "program".as_ref(),
+            "update".as_ref(),
+            hash.as_ref(),
+            work.path().as_os_str(),
+            "--crn".as_ref(),
+            crn.as_ref(),
+        ],
+    );
+    assert_eq!(updated["item_hash"], hash);
+    wait_for_answer(&url, &json!({"message": "Hello again"})).await;
+    let after = execution(crn, &hash).await;
+    assert_ne!(
+        after["execution_id"], first["execution_id"],
+        "a new VM runs the new code"
+    );
+    assert_eq!(after["code_ref"], updated["new_code_ref"]);
+
+    // Method, query string and body reach the app unchanged.
+    let echoed: Value = http()
+        .post(format!("{url}echo?name=aleph&n=2"))
+        .body("some bytes \u{e9}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed,
+        json!({"method": "POST", "query": {"name": "aleph", "n": "2"}, "body": "some bytes \u{e9}"})
+    );
+    drop(devnet);
+}
