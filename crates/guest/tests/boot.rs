@@ -72,6 +72,11 @@ fn drive(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 impl Vm {
     fn boot(images: &GuestImages, code: &[u8]) -> Vm {
+        Self::boot_with(images, code, &[])
+    }
+
+    /// `extra`: more QEMU arguments (drives after the code, a NIC).
+    fn boot_with(images: &GuestImages, code: &[u8], extra: &[String]) -> Vm {
         let dir = tempfile::tempdir().unwrap();
         let code = drive(dir.path(), "code.img", code);
         let socket = dir.path().join("agent.sock");
@@ -131,6 +136,7 @@ impl Vm {
                 "-device",
                 &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .expect("starting qemu");
@@ -432,5 +438,152 @@ http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
     assert_eq!(
         (status, &body[..]),
         (StatusCode::OK, &b"binary says Hello World at /x?y=1"[..])
+    );
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?}");
+}
+
+/// Code as a squashfs drive, an ext4 volume, the network over QEMU's user-mode NIC
+/// (`restrict=on`: nothing leaves the VM), host name, variables and resolver.
+#[tokio::test(flavor = "multi_thread")]
+async fn squashfs_code_volume_and_network_are_set_up() {
+    let Some(images) = images().await else { return };
+    let work = tempfile::tempdir().unwrap();
+    let code_dir = work.path().join("code");
+    std::fs::create_dir_all(code_dir.join("bin")).unwrap();
+    let server = r#"#!/usr/bin/python3
+import fcntl, http.server, json, os, socket, struct
+def ipv4(name):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()))[20:24])
+def default_gateway():
+    for line in open("/proc/net/route").read().splitlines()[1:]:
+        f = line.split()
+        if f[1] == "00000000":
+            return socket.inet_ntoa(struct.pack("<L", int(f[2], 16)))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({
+            "hostname": socket.gethostname(),
+            "volume": open("/data/hello.txt").read(),
+            "resolv": open("/etc/resolv.conf").read(),
+            "address": ipv4("eth0"),
+            "gateway": default_gateway(),
+            "variable": os.environ["GREETING"],
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
+"#;
+    let server_path = code_dir.join("bin/server");
+    std::fs::write(&server_path, server).unwrap();
+    std::fs::set_permissions(
+        &server_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let code = work.path().join("code.squashfs");
+    run(
+        "mksquashfs",
+        &[
+            code_dir.to_str().unwrap(),
+            code.to_str().unwrap(),
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+        ],
+    );
+    let volume_dir = work.path().join("volume");
+    std::fs::create_dir_all(&volume_dir).unwrap();
+    std::fs::write(volume_dir.join("hello.txt"), "from the volume").unwrap();
+    let volume = work.path().join("volume.ext4");
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            volume_dir.to_str().unwrap(),
+            volume.to_str().unwrap(),
+            "8M",
+        ],
+    );
+
+    let extra = [
+        "-drive".to_owned(),
+        format!("id=vol,file={},format=raw,if=none", volume.display()),
+        "-device".to_owned(),
+        "virtio-blk-device,drive=vol".to_owned(),
+        "-netdev".to_owned(),
+        "user,id=net0,restrict=on".to_owned(),
+        "-device".to_owned(),
+        "virtio-net-device,netdev=net0".to_owned(),
+    ];
+    let code_bytes = std::fs::read(&code).unwrap();
+    let vm = Vm::boot_with(images, &code_bytes, &extra);
+    let mut client = vm.ready().await;
+    let config = AgentConfig {
+        hostname: "squash-vm".into(),
+        code: CodeConfig {
+            device: "/dev/vdb".into(),
+            encoding: CodeEncoding::Squashfs,
+            size: code_bytes.len() as u64,
+            entrypoint: "bin/server".into(),
+            interface: CodeInterface::Binary,
+            args: vec![],
+        },
+        variables: [("GREETING".to_owned(), "hi".to_owned())].into(),
+        volumes: vec![aleph_protocol::agent::VolumeConfig {
+            device: "/dev/vdc".into(),
+            mount: "/data".into(),
+            format: aleph_protocol::agent::VolumeFormat::Ext4,
+            read_only: false,
+        }],
+        network: Some(aleph_protocol::agent::NetworkConfig {
+            interface: "eth0".into(),
+            ipv4: Some("10.0.2.15/24".into()),
+            ipv4_gateway: Some("10.0.2.2".into()),
+            ipv6: None,
+            ipv6_gateway: None,
+            dns_servers: vec!["10.0.2.3".into()],
+        }),
+        startup_timeout_seconds: 120,
+    };
+    let (status, body) = call(
+        &mut client,
+        "POST",
+        "/_agent/configure",
+        serde_json::to_vec(&config).unwrap().into(),
+    )
+    .await
+    .unwrap_or_else(|| panic!("configure failed; serial:\n{}", vm.serial()));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}\nserial:\n{}",
+        String::from_utf8_lossy(&body),
+        vm.serial()
+    );
+    let (status, body) = call(&mut client, "GET", "/", Bytes::new()).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "hostname": "squash-vm",
+            "volume": "from the volume",
+            "resolv": "nameserver 10.0.2.3\n",
+            "address": "10.0.2.15",
+            "gateway": "10.0.2.2",
+            "variable": "hi",
+        })
     );
 }
