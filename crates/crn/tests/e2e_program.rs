@@ -170,6 +170,11 @@ impl Network {
     }
 
     async fn program(&self, runtime: &str, code: &str, seconds: u32) -> String {
+        self.program_with(runtime, code, json!({"vcpus": 1, "memory": 384, "seconds": seconds}))
+            .await
+    }
+
+    async fn program_with(&self, runtime: &str, code: &str, resources: Value) -> String {
         self.post(
             "PROGRAM",
             json!({
@@ -178,7 +183,7 @@ impl Network {
                 "runtime": {"ref": runtime, "use_latest": true, "comment": "python"},
                 "on": {"http": true},
                 "environment": {"internet": false, "aleph_api": false, "reproducible": false, "shared_cache": false},
-                "resources": {"vcpus": 1, "memory": 384, "seconds": seconds},
+                "resources": resources,
                 "variables": {"GREETING": "hello"},
             }),
         )
@@ -199,13 +204,22 @@ fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
 }
 
 async fn start_crn(network: &Network, setup: &Setup, data_dir: &Path) -> CrnHandle {
+    start_crn_with(network, setup, data_dir, CrnConfig::default()).await
+}
+
+async fn start_crn_with(
+    network: &Network,
+    setup: &Setup,
+    data_dir: &Path,
+    config: CrnConfig,
+) -> CrnHandle {
     aleph_crn::start(CrnConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ccn_url: network.ccn.url(),
         data_dir: data_dir.to_path_buf(),
         images_dir: Some(setup.images_dir.clone()),
         domain: Some("crn.test".into()),
-        ..CrnConfig::default()
+        ..config
     })
     .await
     .expect("the CRN starts")
@@ -466,5 +480,72 @@ async fn broken_programs_give_the_documented_errors() {
         .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons.iter().all(|r| r.starts_with("failed")), "{reasons:?}");
+    crn.shutdown_and_stop_vms().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostic_check_idle_stop_admission_and_draining() {
+    let Some(setup) = setup() else { return };
+    let network = Network::start().await;
+    let runtime = network.store(&setup.runtime, None).await;
+    let code = network
+        .store(&zip_of(&[("main.py", include_str!("../diagnostic/main.py"))]), None)
+        .await;
+    let diagnostic = network.program(&runtime, &code, 10).await;
+    let big = network
+        .program_with(&runtime, &code, json!({"vcpus": 1, "memory": 4096, "seconds": 5}))
+        .await;
+
+    let work = tempfile::Builder::new().prefix("crn-e2e-").tempdir_in("/tmp").unwrap();
+    let data_dir = work.path().join("crn");
+    let _kill = KillVms(data_dir.clone());
+    let crn = start_crn_with(
+        &network,
+        &setup,
+        &data_dir,
+        CrnConfig {
+            diagnostic_program: Some(diagnostic.clone()),
+            idle_timeout_seconds: 4,
+            max_program_memory_mib: Some(1024),
+            ..CrnConfig::default()
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+
+    // More memory than the node gives programs: refused before any VM boots.
+    let refused = request(http.get(format!("{}/vm/{big}/", crn.url()))).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body["error"].as_str().unwrap().contains("memory"), "{}", refused.body);
+
+    // Each feature checked through the diagnostic app; programs have no internet here,
+    // and the check says so rather than passing.
+    let check = request(http.get(format!("{}/status/check/fastapi", crn.url()))).await;
+    let expected = json!({
+        "index": true, "environ": true, "hostname": true, "lifespan": true,
+        "post_body_and_query": true, "warm_state": true, "app_error_is_500": true,
+        "internet": false,
+    });
+    assert_eq!(check.body, expected);
+    assert_eq!(check.status, 503);
+
+    // Idle for longer than the idle timeout: the VM is stopped and recorded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let records = request(http.get(format!("{}/about/executions/records", crn.url()))).await;
+        if records.body["records"][0].is_object() {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "the idle VM is stopped and recorded");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(executions(&http, &crn).await, json!({}));
+    assert_eq!(records.body["records"][0]["reason"], "idle", "{}", records.body);
+    assert_eq!(records.body["records"][0]["vm_hash"], diagnostic.as_str());
+
+    // A draining node takes no new requests.
+    crn.pool().drain();
+    let draining = request(http.get(format!("{}/vm/{diagnostic}/", crn.url()))).await;
+    assert_eq!(draining.status, 503, "{}", draining.body);
     crn.shutdown_and_stop_vms().await;
 }

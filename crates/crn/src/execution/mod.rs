@@ -112,9 +112,13 @@ impl Execution {
         self.lifecycle.lock().expect("lifecycle").times().clone()
     }
 
-    pub fn begin_request(&self) -> InFlight<'_> {
+    /// Counts a request in, unless the execution no longer runs (being stopped): the
+    /// caller then starts a new one. Paired with [`Self::begin_stop_if_idle`] under
+    /// the lifecycle lock, so an idle stop never takes a VM from under a request.
+    pub fn try_begin_request(&self) -> Option<InFlight<'_>> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self)
+        let guard = InFlight(self);
+        (self.state() == State::Running).then_some(guard)
     }
 
     /// How long since the last request ended; `None` while one is in flight.
@@ -136,6 +140,16 @@ impl Execution {
             .expect("lifecycle")
             .advance(State::Stopping)
             .is_ok()
+    }
+
+    /// Moves to stopping if no request is in flight and none ended in the last
+    /// `idle`.
+    pub fn begin_stop_if_idle(&self, idle: Duration) -> bool {
+        let mut lifecycle = self.lifecycle.lock().expect("lifecycle");
+        if self.idle_for().is_none_or(|for_| for_ < idle) {
+            return false;
+        }
+        lifecycle.advance(State::Stopping).is_ok()
     }
 
     /// Stops the VM (its agent first, then harder), after [`Self::begin_stop`].

@@ -315,12 +315,18 @@ impl Pool {
         if self.is_draining() {
             return Err(ProgramError::Draining);
         }
-        let execution = self.get_or_start(hash).await?;
-        let timeout = Duration::from_secs(execution.program.content.resources.seconds.max(1).into());
-        let answer = {
-            let _in_flight = execution.begin_request();
-            tokio::time::timeout(timeout, execution.channel().forward(request)).await
+        let mut execution = self.get_or_start(hash).await?;
+        // An execution being stopped (idle, updated) is left to end; a new one starts.
+        let in_flight = loop {
+            if let Some(in_flight) = execution.try_begin_request() {
+                break in_flight;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            execution = self.get_or_start(hash).await?;
         };
+        let timeout = Duration::from_secs(execution.program.content.resources.seconds.max(1).into());
+        let answer = tokio::time::timeout(timeout, execution.channel().forward(request)).await;
+        drop(in_flight);
         match answer {
             Ok(Ok(response)) => Ok((response, execution)),
             Err(_) => Err(ProgramError::Timeout(timeout)),
@@ -347,10 +353,16 @@ impl Pool {
     }
 
     async fn stop_slot(&self, hash: &str, slot: Arc<Slot>, reason: &str) -> bool {
-        let execution = &slot.execution;
-        if !execution.begin_stop() {
+        if !slot.execution.begin_stop() {
             return false;
         }
+        self.finish_stop(hash, slot, reason).await;
+        true
+    }
+
+    /// Stops and records an execution already moved to stopping.
+    async fn finish_stop(&self, hash: &str, slot: Arc<Slot>, reason: &str) {
+        let execution = &slot.execution;
         {
             // From now on a request starts a new VM (in a folder of its own).
             let mut entries = self.entries.lock().expect("entries");
@@ -378,7 +390,6 @@ impl Pool {
             tracing::warn!("cannot record execution {}: {e}", execution.id);
         }
         let _ = std::fs::remove_dir_all(execution.folder());
-        true
     }
 
     /// Stops every running VM (a node that shuts down for good).
@@ -394,8 +405,8 @@ impl Pool {
     pub async fn stop_idle(&self) {
         let timeout = self.config.idle_timeout();
         for (hash, slot) in self.slots() {
-            if slot.execution.idle_for().is_some_and(|idle| idle >= timeout) {
-                self.stop_slot(&hash, slot, "idle").await;
+            if slot.execution.begin_stop_if_idle(timeout) {
+                self.finish_stop(&hash, slot, "idle").await;
             }
         }
     }
