@@ -62,7 +62,11 @@ fn images_dir() -> Option<PathBuf> {
     aleph_crn::images::cached(&dir).map(|_| dir)
 }
 
-fn start_devnet(images: &Path) -> (Devnet, Value) {
+/// One devnet at a time: each boots VMs, and two at once on a 2-core machine
+/// only make both slower.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn start_devnet(images: &Path, extra: &[&str]) -> (Devnet, Value) {
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("devnet.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_aleph-node"))
@@ -79,6 +83,7 @@ fn start_devnet(images: &Path) -> (Devnet, Value) {
         .arg(dir.path().join("net"))
         .arg("--images-dir")
         .arg(images)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -181,7 +186,8 @@ async fn hello_is_uploaded_answers_warm_updates_and_round_trips_a_post() {
         );
         return;
     };
-    let (devnet, info) = start_devnet(&images);
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (devnet, info) = start_devnet(&images, &[]);
     let crn = info["crn_urls"][0].as_str().unwrap_or_else(|| {
         panic!(
             "the devnet has no CRN ({}); its log: {}",
@@ -282,5 +288,38 @@ async fn hello_is_uploaded_answers_warm_updates_and_round_trips_a_post() {
         echoed,
         json!({"method": "POST", "query": {"name": "aleph", "n": "2"}, "body": "some bytes \u{e9}"})
     );
+    drop(devnet);
+}
+
+/// The README's first command: `--example` deploys examples/hello, and the URL
+/// it prints (recorded in devnet.json) answers the JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn devnet_example_answers_hello_world() {
+    let Some(images) = images_dir() else {
+        eprintln!("e2e_devnet: skipped, no guest images (see the other test)");
+        return;
+    };
+    // The devnet runs the CLI built beside it; fail clearly when it is not there.
+    aleph_binary();
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (devnet, info) = start_devnet(&images, &["--example"]);
+    let example = &info["example"];
+    assert_eq!(
+        example["answer"]
+            .as_str()
+            .map(serde_json::from_str::<Value>)
+            .transpose()
+            .ok()
+            .flatten(),
+        Some(json!({"message": "Hello World"})),
+        "{info}"
+    );
+    let url = example["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(info["crn_urls"][0].as_str().unwrap()),
+        "{url}"
+    );
+    let answer: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer, json!({"message": "Hello World"}));
     drop(devnet);
 }
