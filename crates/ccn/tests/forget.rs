@@ -39,6 +39,21 @@ async fn forget_a_post(node: TestNode) {
     assert_eq!(forgotten["pagination_total"], 1);
     assert!(forgotten["messages"][0].get("content").is_none());
 
+    // Amends go with the POST they amend.
+    let original = alice.message("POST", json!({"type": "note", "content": {"v": 1}}));
+    node.accept(&original).await;
+    let amend = alice.message(
+        "POST",
+        json!({"type": "amend", "ref": hash(&original), "content": {"v": 2}}),
+    );
+    node.accept(&amend).await;
+    node.accept(&alice.message("FORGET", json!({"hashes": [hash(&original)]})))
+        .await;
+    let (_, amend_status) = node
+        .get_json(&format!("/api/v0/messages/{}/status", hash(&amend)))
+        .await;
+    assert_eq!(amend_status["status"], "forgotten");
+
     // Posting it again does not bring it back.
     let (status, body) = node.post_message(&note, true).await;
     assert_eq!(status, 410, "{body}");
@@ -64,17 +79,29 @@ async fn forget_an_aggregate_element(node: TestNode) {
         .get_json(&format!("/api/v0/aggregates/{}.json", alice.address()))
         .await;
     assert_eq!(body["data"]["k"], json!({"a": 1, "b": 1}));
-    // `aggregates` lists AGGREGATE messages to forget too.
-    node.accept(&alice.message(
+    // `aggregates` names a whole aggregate by one of its elements.
+    let third = alice.message(
+        "AGGREGATE",
+        json!({"key": "k", "time": 3.0, "content": {"c": 3}}),
+    );
+    node.accept(&third).await;
+    let other_key = alice.message("AGGREGATE", json!({"key": "other", "content": {"z": 1}}));
+    node.accept(&other_key).await;
+    let forget_key = alice.message(
         "FORGET",
         json!({"hashes": [], "aggregates": [hash(&first)]}),
-    ))
-    .await;
-    let (status, _) = node
+    );
+    node.accept(&forget_key).await;
+    let (_, body) = node
         .get_json(&format!("/api/v0/aggregates/{}.json", alice.address()))
         .await;
-    assert_eq!(status, 404);
-    assert_eq!(node.rows().await.aggregate_elements, 0);
+    assert_eq!(body["data"], json!({"other": {"z": 1}}));
+    let (_, third_status) = node
+        .get_json(&format!("/api/v0/messages/{}", hash(&third)))
+        .await;
+    assert_eq!(third_status["status"], "forgotten");
+    assert_eq!(third_status["forgotten_by"], json!([hash(&forget_key)]));
+    assert_eq!(node.rows().await.aggregate_elements, 1);
 }
 
 async fn forget_a_store_removes_its_file(node: TestNode) {

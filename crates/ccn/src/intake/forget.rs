@@ -13,14 +13,54 @@ pub struct Forgotten {
     pub orphaned_files: Vec<String>,
 }
 
-fn targets(content: &Value) -> Vec<String> {
-    ["hashes", "aggregates"]
-        .iter()
-        .filter_map(|field| content.get(*field).and_then(Value::as_array))
+fn list(content: &Value, field: &str) -> Vec<String> {
+    content
+        .get(field)
+        .and_then(Value::as_array)
+        .into_iter()
         .flatten()
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect()
+}
+
+/// What a FORGET names, expanded as upstream does: `aggregates[]` names a whole
+/// aggregate by any of its elements (every element of that owner and key goes),
+/// and a forgotten POST takes its amends with it.
+async fn targets(tx: &mut Tx<'_>, content: &Value) -> Result<Vec<String>, Rejection> {
+    let db_error = |e: sqlx::Error| Rejection::retry(code::FORGET_TARGET_NOT_FOUND, e.to_string());
+    let mut targets = list(content, "hashes");
+    for element in list(content, "aggregates") {
+        let Some(record) = messages::get(&mut **tx, &element).await.map_err(db_error)? else {
+            targets.push(element);
+            continue;
+        };
+        if record.message_type != "AGGREGATE" {
+            return Err(Rejection::new(
+                code::FORGET_NOT_ALLOWED,
+                format!(
+                    "{element} in `aggregates` is a {}, not an AGGREGATE",
+                    record.message_type
+                ),
+            ));
+        }
+        targets.push(element.clone());
+        if let Some(key) = &record.content_key {
+            targets.extend(
+                messages::aggregate_elements(tx, &record.owner, key)
+                    .await
+                    .map_err(db_error)?,
+            );
+        }
+    }
+    let mut amends = Vec::new();
+    for target in &targets {
+        amends.extend(messages::amends_of(tx, target).await.map_err(db_error)?);
+    }
+    targets.extend(amends);
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|t| seen.insert(t.clone()));
+    Ok(targets)
 }
 
 pub async fn apply(
@@ -32,7 +72,7 @@ pub async fn apply(
     let db_error = |e: sqlx::Error| Rejection::retry(code::FORGET_TARGET_NOT_FOUND, e.to_string());
     let mut found = Vec::new();
     // Check every target before changing anything.
-    for hash in targets(content) {
+    for hash in targets(tx, content).await? {
         let Some(target) = messages::get(&mut **tx, &hash).await.map_err(db_error)? else {
             let waiting = pending::get(&mut **tx, &hash)
                 .await

@@ -486,3 +486,32 @@ pub async fn file_by_ref(
     let row = query.fetch_optional(pool).await?;
     row.as_ref().map(stored_file).transpose()
 }
+
+/// Processed AGGREGATE messages of an owner's key.
+pub async fn aggregate_elements(
+    tx: &mut Tx<'_>,
+    owner: &str,
+    key: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT item_hash FROM messages WHERE owner_key = $1 AND content_key = $2 \
+         AND message_type = 'AGGREGATE' AND status = $3",
+    )
+    .bind(address_key(owner))
+    .bind(key)
+    .bind(status::PROCESSED)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Processed amends (POSTs of type `amend`) of a POST.
+pub async fn amends_of(tx: &mut Tx<'_>, post_hash: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT item_hash FROM messages WHERE content_ref = $1 AND message_type = 'POST' \
+         AND content_type = 'amend' AND status = $2",
+    )
+    .bind(post_hash)
+    .bind(status::PROCESSED)
+    .fetch_all(&mut **tx)
+    .await
+}
