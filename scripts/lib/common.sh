@@ -45,7 +45,7 @@ ensure_rust() {
 # A throwaway PostgreSQL cluster on 127.0.0.1 with trust auth, owned by the `postgres`
 # user (initdb refuses root). Prints its URL. Leaves the system's own cluster alone.
 PG_PORT=${ALEPH_PG_PORT:-54329}
-PG_DIR=/tmp/aleph-test-postgres
+PG_DIR=/tmp/aleph-test-postgres-$PG_PORT
 start_test_postgres() {
     local bin
     bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
