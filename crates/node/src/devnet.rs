@@ -11,7 +11,7 @@
 //! is, and is written only once everything answers.
 
 mod crn;
-mod example;
+mod programs;
 mod runtime;
 
 use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
@@ -71,10 +71,12 @@ struct DevnetInfo {
     default_runtime: Option<String>,
     /// Whose `vm-images` aggregate names it (the first account).
     images_address: Option<String>,
+    /// The PROGRAM the CRN runs for `/status/check/fastapi`.
+    diagnostic_program: Option<String>,
     /// Why there is no CRN, when there is none.
     crn_unavailable: Option<String>,
     /// The program `--example` deployed.
-    example: Option<example::Deployed>,
+    example: Option<programs::Deployed>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +112,7 @@ pub async fn run(args: Args) -> Result<()> {
         accounts,
         default_runtime: None,
         images_address: None,
+        diagnostic_program: None,
         crn_unavailable: None,
         example: None,
     };
@@ -129,12 +132,12 @@ pub async fn run(args: Args) -> Result<()> {
     if args.example {
         match &crn {
             Some(child) => {
-                let folder = example::folder(args.example_dir.clone());
+                let folder = programs::example_folder(args.example_dir.clone());
                 eprintln!(
                     "devnet: deploying the example {} (its first answer boots a VM)",
                     folder.display()
                 );
-                match example::deploy(
+                match programs::deploy_example(
                     &folder,
                     &info.ccn_url,
                     &child.url,
@@ -195,15 +198,38 @@ async fn start_compute(
         .context("publishing the Python runtime")?;
     info.default_runtime = Some(published);
     info.images_address = Some(owner.address.clone());
+    let port = match args.crn_port {
+        0 => crn::free_port()?,
+        port => port,
+    };
+    let crn_url = format!("http://{}", SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    info.diagnostic_program = publish_diagnostic(&info.ccn_url, &crn_url, &owner.private_key).await;
     let child = crn::start(crn::CrnOptions {
         ccn_url: &info.ccn_url,
         data_dir: &args.data_dir.join("crn"),
         images_dir: &images_dir,
-        port: args.crn_port,
+        port,
+        diagnostic_program: info.diagnostic_program.as_deref(),
     })
     .await?;
     info.crn_urls.push(child.url.clone());
     Ok(child)
+}
+
+/// Uploads the CRN's diagnostic program; without the CLI or the program's
+/// source, the devnet runs without it (`/status/check/fastapi` then says so).
+async fn publish_diagnostic(ccn_url: &str, crn_url: &str, private_key: &str) -> Option<String> {
+    let Some(folder) = programs::diagnostic_folder() else {
+        tracing::info!("no diagnostic program source here; /status/check/fastapi is off");
+        return None;
+    };
+    match programs::upload(&folder, "diagnostic", ccn_url, crn_url, private_key).await {
+        Ok(uploaded) => uploaded["item_hash"].as_str().map(str::to_owned),
+        Err(e) => {
+            tracing::warn!("the diagnostic program was not deployed: {e:#}");
+            None
+        }
+    }
 }
 
 /// The cached images, or a build of them (minutes, the first time).
@@ -343,6 +369,7 @@ mod tests {
             accounts: devnet_accounts(1).unwrap(),
             default_runtime: None,
             images_address: None,
+            diagnostic_program: None,
             crn_unavailable: Some("started with --no-crn".into()),
             example: None,
         };

@@ -321,5 +321,27 @@ async fn devnet_example_answers_hello_world() {
     );
     let answer: Value = http().get(url).send().await.unwrap().json().await.unwrap();
     assert_eq!(answer, json!({"message": "Hello World"}));
+
+    // The devnet deploys the CRN's diagnostic program and configures the CRN with it.
+    assert!(info["diagnostic_program"].is_string(), "{info}");
+    let crn = info["crn_urls"][0].as_str().unwrap();
+    let checks: Value = http()
+        .get(format!("{crn}/status/check/fastapi"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Not `internet`: the devnet's programs have none.
+    for check in [
+        "index",
+        "environ",
+        "hostname",
+        "post_body_and_query",
+        "warm_state",
+    ] {
+        assert_eq!(checks[check], true, "{check}: {checks}");
+    }
     drop(devnet);
 }

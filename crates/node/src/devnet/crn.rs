@@ -27,6 +27,8 @@ pub struct CrnOptions<'a> {
     pub images_dir: &'a Path,
     /// 0 picks a free one.
     pub port: u16,
+    /// The PROGRAM `/status/check/fastapi` runs.
+    pub diagnostic_program: Option<&'a str>,
 }
 
 /// Starts the CRN and waits until its API answers.
@@ -69,6 +71,9 @@ pub async fn start(options: CrnOptions<'_>) -> Result<CrnChild> {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
                 .map_err(std::io::Error::from)
         });
+    }
+    if let Some(hash) = options.diagnostic_program {
+        command.env("ALEPH_CRN_DIAGNOSTIC_PROGRAM", hash);
     }
     let child = command.spawn().context("starting `aleph-node crn`")?;
     let mut crn = CrnChild {
@@ -184,7 +189,7 @@ fn pidfiles(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }

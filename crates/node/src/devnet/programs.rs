@@ -1,6 +1,7 @@
-//! `--example`: deploys `examples/hello` with the `aleph` CLI, as a user
-//! would, then asks it once (a cold start) so the printed `curl` line answers
-//! at once.
+//! Programs the devnet deploys with the `aleph` CLI built beside it, as a user
+//! would: the CRN's diagnostic program (so `/status/check/fastapi` works), and
+//! with `--example` `examples/hello`, asked once (a cold start) so the printed
+//! `curl` line answers at once.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -23,7 +24,7 @@ pub struct Deployed {
 
 /// The example's folder: as given, else `examples/hello` under the current
 /// folder, else under this source tree.
-pub fn folder(given: Option<PathBuf>) -> PathBuf {
+pub fn example_folder(given: Option<PathBuf>) -> PathBuf {
     given.unwrap_or_else(|| {
         let here = PathBuf::from("examples/hello");
         if here.is_dir() {
@@ -50,12 +51,24 @@ pub fn cli_binary() -> Result<PathBuf> {
     )
 }
 
-pub async fn deploy(
+/// The diagnostic program of `/status/check/fastapi`, from this source tree.
+pub fn diagnostic_folder() -> Option<PathBuf> {
+    [
+        PathBuf::from("crates/crn/diagnostic"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crn/diagnostic"),
+    ]
+    .into_iter()
+    .find(|dir| dir.join("main.py").is_file())
+}
+
+/// `aleph program upload FOLDER main:app` signed with `private_key`; its JSON.
+pub async fn upload(
     folder: &Path,
+    name: &str,
     ccn_url: &str,
     crn_url: &str,
     private_key: &str,
-) -> Result<Deployed> {
+) -> Result<Value> {
     let cli = cli_binary()?;
     let output = tokio::process::Command::new(&cli)
         .arg("--ccn")
@@ -66,8 +79,8 @@ pub async fn deploy(
         .args(["program", "upload"])
         .arg(folder)
         .arg("main:app")
-        .arg("--crn")
-        .arg(crn_url)
+        .args(["--name", name, "--crn", crn_url])
+        // The devnet's own runtime, whatever the caller's environment says.
         .env_remove("ALEPH_RUNTIME")
         .env_remove("ALEPH_IMAGES_ADDRESS")
         .output()
@@ -80,8 +93,17 @@ pub async fn deploy(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let uploaded: Value =
-        serde_json::from_slice(&output.stdout).context("`aleph program upload` printed no JSON")?;
+    serde_json::from_slice(&output.stdout).context("`aleph program upload` printed no JSON")
+}
+
+/// Uploads the example and asks it once.
+pub async fn deploy_example(
+    folder: &Path,
+    ccn_url: &str,
+    crn_url: &str,
+    private_key: &str,
+) -> Result<Deployed> {
+    let uploaded = upload(folder, "hello", ccn_url, crn_url, private_key).await?;
     let item_hash = uploaded["item_hash"]
         .as_str()
         .context("no item_hash in the upload's answer")?
