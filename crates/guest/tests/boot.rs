@@ -587,3 +587,41 @@ http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
         })
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_lifespan_startup_is_reported_with_its_traceback() {
+    let Some(images) = images().await else { return };
+    // Debian's FastAPI 0.92 predates `FastAPI(lifespan=...)`; startup handlers run in
+    // the same ASGI lifespan phase.
+    let app = r#"
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.on_event("startup")
+async def connect():
+    raise RuntimeError("database unreachable")
+"#;
+    let code = zip_of(&[("main.py", app)]);
+    let vm = Vm::boot(images, &code);
+    let mut client = vm.ready().await;
+    let (status, body) = call(
+        &mut client,
+        "POST",
+        "/_agent/configure",
+        config(&code, CodeEncoding::Zip, "main:app", CodeInterface::Asgi),
+    )
+    .await
+    .unwrap_or_else(|| panic!("configure failed; serial:\n{}", vm.serial()));
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let error: aleph_protocol::agent::AgentError = serde_json::from_slice(&body).unwrap();
+    let traceback = error.traceback.unwrap_or_default();
+    assert!(
+        traceback.contains("RuntimeError: database unreachable"),
+        "{traceback}"
+    );
+}

@@ -53,8 +53,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 pub struct App {
     state: Mutex<AppState>,
     listen: Mutex<Option<Listen>>,
-    /// The app's process group leader, held locked while spawning so the reaper cannot
-    /// see the exit of a pid it does not know yet.
+    /// The app's process group leader, held locked while spawning so that the reaper
+    /// waits until the spawn is over.
     pid: Mutex<Option<Pid>>,
     /// The app's exit status (`None` while it runs or before it started).
     exit: watch::Sender<Option<WaitStatus>>,
@@ -217,13 +217,15 @@ impl App {
     }
 
     /// Reaps every exited child (PID 1 inherits all orphans); records the app's exit.
+    /// Holds the pid lock throughout, so it never reaps while [`App::start`] spawns
+    /// (std may wait for a child whose exec failed, and must find it unreaped).
     pub fn reap(&self) {
+        let app = lock(&self.pid);
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) => {
-                    let app = *lock(&self.pid);
-                    if status.pid().is_some() && status.pid() == app {
+                    if status.pid().is_some() && status.pid() == *app {
                         let mut state = lock(&self.state);
                         if *state == AppState::Running {
                             *state = AppState::Exited;
