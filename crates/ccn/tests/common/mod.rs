@@ -141,7 +141,9 @@ pub struct TestNode {
     pub handle: CcnHandle,
     pub http: reqwest::Client,
     pub backend: Backend,
-    _dir: tempfile::TempDir,
+    config: CcnConfig,
+    options: CcnOptions,
+    _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 /// Row counts of every table that holds message data.
@@ -229,6 +231,33 @@ impl TestNode {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["message_status"], "processed", "{body}");
         store["item_hash"].as_str().unwrap().to_string()
+    }
+
+    /// Stops the node and starts a new one on the same data folder and database.
+    pub async fn restart(self) -> TestNode {
+        let TestNode {
+            handle,
+            http,
+            backend,
+            mut config,
+            options,
+            _dir,
+        } = self;
+        tokio::time::timeout(Duration::from_secs(15), handle.shutdown())
+            .await
+            .expect("shutdown took more than 15 s");
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let handle = aleph_ccn::start_with_options(config.clone(), options.clone())
+            .await
+            .unwrap();
+        TestNode {
+            handle,
+            http,
+            backend,
+            config,
+            options,
+            _dir,
+        }
     }
 
     /// Sets an account's balances, as the funded accounts of the config do at start.
@@ -403,14 +432,16 @@ where
         pending_retry_interval: Duration::from_millis(100),
         pending_retry_window: Duration::from_millis(1500),
     };
-    let handle = aleph_ccn::start_with_options(config, options)
+    let handle = aleph_ccn::start_with_options(config.clone(), options.clone())
         .await
         .unwrap();
     let node = TestNode {
         handle,
         http: reqwest::Client::new(),
         backend,
-        _dir: dir,
+        config,
+        options,
+        _dir: std::sync::Arc::new(dir),
     };
     // The test owns the node; its tasks end with the test's runtime.
     test(node).await;
