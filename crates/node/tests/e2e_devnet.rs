@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 /// VM boots under TCG on a busy 2-core machine take several times the idle figure.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
-/// The devnet is ready once its CRN answers (the CRN probes KVM on its first start).
-const DEVNET_TIMEOUT: Duration = Duration::from_secs(300);
+/// The devnet is ready once its CRN answers (the CRN probes KVM on its first
+/// start) and, with `--example`, once the example answered its cold start.
+const DEVNET_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Stops the devnet (SIGTERM, so its CRN stops its VMs) even when an assertion fails.
 struct Devnet {
