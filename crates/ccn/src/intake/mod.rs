@@ -7,13 +7,14 @@ pub mod content;
 pub mod dependencies;
 pub mod envelope;
 pub mod forget;
+pub mod payment;
 pub mod permissions;
 
 use crate::Ccn;
 use crate::error::{Rejection, code};
-use crate::pricing::{self, Cost};
+use crate::pricing;
 use crate::store::messages::{self, MessageRecord, status};
-use crate::store::{Tx, aggregates, balances, pending, rejections};
+use crate::store::{Tx, aggregates, pending, rejections};
 use envelope::{Envelope, ItemType};
 use serde_json::{Value, json};
 
@@ -250,7 +251,7 @@ impl Ccn {
             "STORE" => {
                 let size = self.store_file_size(&record).await?;
                 let cost = pricing::file_cost(size, &content.value);
-                self.check_balance(&mut tx, &content.address, &cost).await?;
+                payment::check(&mut tx, &content.address, &cost).await?;
                 record.hold_cost = if cost.payment_type == "hold" {
                     cost.hold
                 } else {
@@ -277,7 +278,7 @@ impl Ccn {
                 )
                 .await?;
                 let cost = pricing::vm_cost(envelope.type_name(), &content.value);
-                self.check_balance(&mut tx, &content.address, &cost).await?;
+                payment::check(&mut tx, &content.address, &cost).await?;
                 match cost.payment_type.as_str() {
                     "hold" => record.hold_cost = cost.hold,
                     "credit" => record.credit_per_hour = cost.credits_per_hour,
@@ -394,56 +395,6 @@ impl Ccn {
                 format!("file {file_hash} not found: upload it to /api/v0/storage/add_file"),
             )
         })
-    }
-
-    /// Hold: the balance must cover everything held plus this. Credit: the credits
-    /// must cover 24 h of everything credit-paid plus this. Pay-as-you-go streams
-    /// cannot be seen without a chain and are accepted.
-    async fn check_balance(
-        &self,
-        tx: &mut Tx<'_>,
-        owner: &str,
-        cost: &Cost,
-    ) -> Result<(), Rejection> {
-        let balance = balances::get(&mut **tx, owner).await.map_err(internal)?;
-        let (held, credit_per_hour) = messages::owner_costs(tx, owner).await.map_err(internal)?;
-        match cost.payment_type.as_str() {
-            "hold" if cost.hold > 0.0 => {
-                let required = held + cost.hold;
-                if balance.balance < required {
-                    return Err(Rejection::new(
-                        code::BALANCE_INSUFFICIENT,
-                        format!(
-                            "insufficient balance: {owner} holds {} ALEPH, {required} needed ({held} already locked, {} for this message)",
-                            balance.balance, cost.hold
-                        ),
-                    ));
-                }
-            }
-            "credit" if cost.credits_per_hour > 0.0 => {
-                let required =
-                    (credit_per_hour + cost.credits_per_hour) * pricing::CREDIT_HOURS_REQUIRED;
-                if (balance.credit_balance as f64) < required {
-                    return Err(Rejection::new(
-                        code::CREDIT_INSUFFICIENT,
-                        format!(
-                            "insufficient credit: {owner} has {} credits, {required} needed for {} h ({} credits/h for this message, {credit_per_hour} credits/h already used)",
-                            balance.credit_balance,
-                            pricing::CREDIT_HOURS_REQUIRED,
-                            cost.credits_per_hour
-                        ),
-                    ));
-                }
-            }
-            "hold" | "credit" | "superfluid" => {}
-            other => {
-                return Err(Rejection::new(
-                    code::INVALID_PAYMENT_METHOD,
-                    format!("unknown payment type {other:?}"),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// One pass over the pending queue (run by the background worker).
