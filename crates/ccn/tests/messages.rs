@@ -12,6 +12,7 @@ on_both_backends!(
     resubmission_is_idempotent,
     storage_item_content,
     errors_are_json,
+    posts_show_their_latest_amend,
 );
 
 fn hashes(body: &Value) -> Vec<String> {
@@ -236,4 +237,52 @@ async fn errors_are_json(node: TestNode) {
     assert_eq!(response.status().as_u16(), 422);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error_code"], 0);
+}
+
+async fn posts_show_their_latest_amend(node: TestNode) {
+    let alice = Wallet::random();
+    let original = alice.message("POST", json!({"type": "blog", "content": {"title": "v1"}}));
+    let hash = original["item_hash"].as_str().unwrap().to_string();
+    node.accept(&original).await;
+    node.accept(&alice.message("POST", json!({"type": "other", "content": {}})))
+        .await;
+    let amend = alice.message(
+        "POST",
+        json!({"type": "amend", "ref": hash, "content": {"title": "v2"}}),
+    );
+    node.accept(&amend).await;
+    // Someone else cannot amend it.
+    let mallory = Wallet::random();
+    let hijack = mallory.message(
+        "POST",
+        json!({"type": "amend", "ref": hash, "content": {"title": "pwned"}}),
+    );
+    let (status, body) = node.post_message(&hijack, true).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error_code"], 2);
+
+    let (status, v1) = node
+        .get_json(&format!(
+            "/api/v1/posts.json?types=blog&addresses={}",
+            alice.address()
+        ))
+        .await;
+    assert_eq!(status, 200, "{v1}");
+    assert_eq!(v1["pagination_total"], 1, "{v1}");
+    let post = &v1["posts"][0];
+    assert_eq!(post["content"], json!({"title": "v2"}));
+    assert_eq!(post["original_item_hash"], hash);
+    assert_eq!(post["item_hash"], amend["item_hash"]);
+    assert_eq!(post["original_type"], "blog");
+
+    let (_, v0) = node
+        .get_json("/api/v0/posts.json?cursor=&pagination=1")
+        .await;
+    assert_eq!(v0["posts"].as_array().unwrap().len(), 1);
+    assert!(v0["next_cursor"].is_string(), "{v0}");
+    let (_, all) = node.get_json("/api/v0/posts.json").await;
+    assert_eq!(
+        all["pagination_total"], 2,
+        "amends are not listed as posts: {all}"
+    );
 }

@@ -4,6 +4,7 @@ mod aggregates;
 mod balances;
 mod body;
 mod messages;
+mod posts;
 mod prices;
 mod storage;
 mod ws;
@@ -25,6 +26,8 @@ pub fn router(ccn: Arc<Ccn>) -> Router {
         .route("/api/v0/messages.json", get(messages::list))
         .route("/api/v0/messages/{hash}", get(messages::get))
         .route("/api/v0/messages/{hash}/status", get(messages::status))
+        .route("/api/v0/posts.json", get(posts::v0))
+        .route("/api/v1/posts.json", get(posts::v1))
         .route("/api/v0/storage/add_file", post(storage::add_file))
         .route("/api/v0/storage/add_json", post(storage::add_json))
         .route("/api/v0/storage/raw/{hash}", get(storage::raw))

@@ -515,3 +515,23 @@ pub async fn amends_of(tx: &mut Tx<'_>, post_hash: &str) -> sqlx::Result<Vec<Str
     .fetch_all(&mut **tx)
     .await
 }
+
+/// The newest processed amend of a POST by its owner.
+pub async fn latest_amend(
+    pool: &sqlx::AnyPool,
+    post_hash: &str,
+    owner: &str,
+) -> sqlx::Result<Option<MessageRecord>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM messages WHERE content_ref = $1 AND owner_key = $2 \
+         AND message_type = 'POST' AND content_type = 'amend' AND status = $3 \
+         ORDER BY time DESC, item_hash DESC LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(post_hash)
+        .bind(address_key(owner))
+        .bind(status::PROCESSED)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(MessageRecord::from_row).transpose()
+}

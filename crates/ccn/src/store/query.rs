@@ -31,6 +31,8 @@ pub struct MessageFilter {
     pub start_date: Option<f64>,
     pub end_date: Option<f64>,
     pub ascending: bool,
+    /// Leave out amend POSTs (the posts views show them merged into their original).
+    pub exclude_amends: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,6 +110,7 @@ impl MessageFilter {
             start_date: number(params, "startDate")?,
             end_date: number(params, "endDate")?,
             ascending: false,
+            exclude_amends: false,
         };
         for t in &filter.message_types {
             if !crate::intake::envelope::MESSAGE_TYPES.contains(&t.as_str()) {
@@ -171,6 +174,7 @@ impl MessageFilter {
             && (self.tags.is_empty() || self.tags.iter().any(|t| m.tags.contains(t)))
             && self.start_date.is_none_or(|start| m.time >= start)
             && self.end_date.is_none_or(|end| m.time < end)
+            && !(self.exclude_amends && m.content_type.as_deref() == Some("amend"))
     }
 }
 
@@ -249,6 +253,10 @@ fn conditions(filter: &MessageFilter) -> Conditions {
             alternatives.push(format!("tags LIKE {p} ESCAPE '!'"));
         }
         c.clauses.push(format!("({})", alternatives.join(" OR ")));
+    }
+    if filter.exclude_amends {
+        c.clauses
+            .push("(content_type IS NULL OR content_type <> 'amend')".into());
     }
     if let Some(start) = filter.start_date {
         let p = c.placeholder(Bind::Double(start));
