@@ -55,15 +55,21 @@ pub async fn stop(
         return StopOutcome::AlreadyExited;
     }
     if let Some(ask) = ask_guest {
+        // One budget for asking and for the guest to go.
+        let deadline = tokio::time::Instant::now() + timeouts.guest;
         let _ = tokio::time::timeout(timeouts.guest, ask).await;
-        if vm.wait_exit(timeouts.guest).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if vm.wait_exit(left).await {
             return StopOutcome::Guest;
         }
     }
     if vm.request_powerdown().await.is_ok() && vm.wait_exit(timeouts.acpi).await {
         return StopOutcome::Acpi;
     }
-    if vm.quit().await.is_ok() && vm.wait_exit(timeouts.quit).await {
+    // Whatever `quit` answers (QEMU may hang up before it does), what counts is whether
+    // the process goes.
+    let _ = vm.quit().await;
+    if vm.wait_exit(timeouts.quit).await {
         return StopOutcome::Quit;
     }
     if vm.kill().is_ok() && vm.wait_exit(timeouts.kill).await {
