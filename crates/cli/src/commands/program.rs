@@ -88,7 +88,8 @@ pub struct UploadArgs {
     #[arg(long, env = "ALEPH_RUNTIME", value_name = "HASH")]
     runtime: Option<String>,
     /// Whose `vm-images` aggregate names the default runtime; default: the
-    /// devnet's first account, which `aleph-node devnet` publishes it under.
+    /// devnet's first account (`aleph-node devnet` publishes it there), else
+    /// the public network's.
     #[arg(long, env = "ALEPH_IMAGES_ADDRESS", value_name = "ADDRESS")]
     images_address: Option<String>,
     #[arg(long, default_value_t = 1)]
@@ -510,32 +511,48 @@ async fn own_program(client: &CcnClient, signer: &Signer, hash: &str) -> Result<
     Ok(content)
 }
 
-/// The runtime that `images_address` names as its default in its
-/// `vm-images` aggregate (the devnet publishes one there).
+/// The address under which the public network's `vm-images` aggregate lives
+/// (the foundation's, as the official clients read it).
+const NETWORK_IMAGES_ADDRESS: &str = "0xFba561a84A537fCaa567bb7A2257e7142701ae2A";
+
+/// The default runtime named in a `vm-images` aggregate: of `images_address`
+/// when given, else of the devnet's first account, else of the public
+/// network's address, whichever the CCN has first.
 async fn default_runtime(
     client: &CcnClient,
     images_address: Option<&str>,
     ccn_url: &str,
 ) -> Result<FunctionRuntime> {
-    let address = match images_address {
-        Some(address) => address.to_owned(),
-        None => devnet_images_address()?,
+    let candidates = match images_address {
+        Some(address) => vec![address.to_owned()],
+        None => vec![devnet_images_address()?, NETWORK_IMAGES_ADDRESS.to_owned()],
     };
     let how_to = "pass --runtime HASH (the STORE of a runtime squashfs) or set ALEPH_RUNTIME; \
                   a devnet started with its CRN (`aleph-node devnet`) publishes a default";
-    let Some(images) = client.aggregate(&address, VM_IMAGES_KEY).await? else {
-        bail!(
-            "no --runtime given, and {address} publishes no {VM_IMAGES_KEY:?} aggregate on {ccn_url}: {how_to}"
-        );
-    };
+    let mut problems = Vec::new();
+    for address in &candidates {
+        match client.aggregate(address, VM_IMAGES_KEY).await? {
+            Some(images) => match runtime_of(&images) {
+                Ok(runtime) => return Ok(runtime),
+                Err(problem) => problems.push(format!("{address}: {problem}")),
+            },
+            None => problems.push(format!("{address}: no {VM_IMAGES_KEY:?} aggregate")),
+        }
+    }
+    bail!(
+        "no --runtime given, and no default runtime on {ccn_url} ({}): {how_to}",
+        problems.join("; ")
+    )
+}
+
+/// The default runtime of a `vm-images` aggregate's content.
+fn runtime_of(images: &Value) -> Result<FunctionRuntime> {
     let Some(name) = images["defaults"]["runtime"].as_str() else {
-        bail!("the {VM_IMAGES_KEY:?} aggregate of {address} names no default runtime: {how_to}");
+        bail!("it names no default runtime");
     };
     let entry = &images["runtimes"][name];
     let Some(hash) = entry["hash"].as_str() else {
-        bail!(
-            "the {VM_IMAGES_KEY:?} aggregate of {address} has no hash for its default runtime {name:?}: {how_to}"
-        );
+        bail!("its default runtime {name:?} has no hash");
     };
     Ok(FunctionRuntime {
         reference: parse_hash(hash, "the default runtime")?,
@@ -601,6 +618,23 @@ fn hostname(hash: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_runtime_is_read_from_the_aggregate_shape() {
+        let hash = "ab".repeat(32);
+        let images = json!({
+            "runtimes": {"py": {"hash": hash, "display_name": "Python"}, "old": {"hash": "cd".repeat(32)}},
+            "defaults": {"runtime": "py"},
+        });
+        let runtime = runtime_of(&images).unwrap();
+        assert_eq!(runtime.reference.to_string(), hash);
+        assert_eq!(runtime.comment, "Python");
+        assert!(runtime.use_latest);
+        let no_default = json!({"runtimes": {"py": {"hash": hash}}});
+        assert!(format!("{}", runtime_of(&no_default).unwrap_err()).contains("no default"));
+        let dangling = json!({"runtimes": {}, "defaults": {"runtime": "py"}});
+        assert!(format!("{}", runtime_of(&dangling).unwrap_err()).contains("no hash"));
+    }
 
     #[test]
     fn env_vars_are_pairs() {
