@@ -133,6 +133,13 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
         )));
     }
     let app = crate::api::router(pool.clone());
+    // A proxied answer is written as a head and a body: without TCP_NODELAY, Nagle's
+    // algorithm holds the body until the client's delayed ACK, 40 ms later.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     let mut server_stop = stopped;
     let server = tokio::spawn(async move {
         let shutdown = async move {

@@ -51,6 +51,14 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
+    // The node's own account of what it does, shown when a test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "aleph_crn=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let skip = |reason: String| {
         eprintln!("SKIPPED: {reason}");
         None
@@ -326,6 +334,10 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     eprintln!("warm request: {:.3} s", started.elapsed().as_secs_f64());
     assert_eq!(warm.status, 200);
     assert_eq!(executions(&http, &crn).await[&program]["execution_id"], first_id);
+
+    // The agent's own routes are not reachable from outside.
+    let reserved = request(http.post(vm_url("/_agent/shutdown"))).await;
+    assert_eq!(reserved.status, 404, "{}", reserved.body);
 
     // Method, query, headers and body go through.
     let echo = request(

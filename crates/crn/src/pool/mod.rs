@@ -315,6 +315,16 @@ impl Pool {
         if self.is_draining() {
             return Err(ProgramError::Draining);
         }
+        if request
+            .uri()
+            .path()
+            .starts_with(aleph_protocol::agent::AGENT_ROUTE_PREFIX)
+        {
+            return Err(ProgramError::NotFound(format!(
+                "{} is reserved for the VM's agent",
+                aleph_protocol::agent::AGENT_ROUTE_PREFIX
+            )));
+        }
         let mut execution = self.get_or_start(hash).await?;
         // An execution being stopped (idle, updated) is left to end; a new one starts.
         let in_flight = loop {
@@ -457,10 +467,12 @@ impl Pool {
             .await
             .map_err(|e| e.to_string())?;
         let channel = Arc::new(AgentChannel::new(vm.channel()));
-        let health = tokio::time::timeout(Duration::from_secs(30), channel.health())
+        // The guest may still be closing the previous node's session on the channel:
+        // wait_ready retries a session that drops at once.
+        let health = channel
+            .wait_ready(Duration::from_secs(30))
             .await
-            .map_err(|_| "its agent does not answer".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("its agent does not answer: {e}"))?;
         if health.app != AppState::Running {
             return Err(format!("its app is {:?}", health.app));
         }

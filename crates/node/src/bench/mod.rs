@@ -1,6 +1,7 @@
 //! `aleph-node bench <what>`: benchmarks that print ratios against a baseline measured in the same run.
 
 mod ccn;
+mod program;
 mod vm;
 
 #[derive(clap::Args)]
@@ -13,6 +14,8 @@ pub struct Args {
 enum What {
     /// Signed messages accepted per second by a CCN on SQLite, p50/p99 latency, against signature verification alone.
     Ccn(ccn::Args),
+    /// On-demand programs through a CRN: cold start against the bare QEMU floor, warm requests against direct ones.
+    Program(program::Args),
     /// Start a program VM to its first answer, against a bare QEMU reference; QEMU memory per idle VM.
     Vm(vm::Args),
 }
@@ -20,6 +23,7 @@ enum What {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::Ccn(args) => ccn::run(args).await,
+        What::Program(args) => program::run(args).await,
         What::Vm(args) => vm::run(args).await,
     }
 }

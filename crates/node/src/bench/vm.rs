@@ -27,13 +27,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The app both sides serve.
-const APP: &str = r#"from fastapi import FastAPI
+pub(crate) const APP: &str = r#"from fastapi import FastAPI
 app = FastAPI()
 @app.get("/")
 async def root():
     return {"message": "Hello World"}
 "#;
-const EXPECTED: &str = r#"{"message":"Hello World"}"#;
+pub(crate) const EXPECTED: &str = r#"{"message":"Hello World"}"#;
 
 /// Longest a side may take to answer before the run counts as failed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(180);
@@ -42,42 +42,42 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(180);
 pub struct Args {
     /// Where the guest images are cached (`aleph-node images build`).
     #[arg(long, env = "ALEPH_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Kernel (bzImage); default: the cached guest image.
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    pub(crate) kernel: Option<PathBuf>,
     /// Initramfs with the agent as /init; default: the cached guest image.
     #[arg(long)]
-    initramfs: Option<PathBuf>,
+    pub(crate) initramfs: Option<PathBuf>,
     /// Python runtime squashfs; default: the cached guest image.
     #[arg(long)]
-    runtime: Option<PathBuf>,
+    pub(crate) runtime: Option<PathBuf>,
     /// Pairs of runs (ours, reference); the medians are compared.
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub(crate) runs: usize,
     #[arg(long, default_value_t = 512)]
-    memory_mib: u32,
+    pub(crate) memory_mib: u32,
     #[arg(long, default_value_t = 1)]
-    vcpus: u8,
+    pub(crate) vcpus: u8,
     /// Seconds a VM sits idle after its first answer before its memory is read.
     #[arg(long, default_value_t = 5)]
-    idle_seconds: u64,
+    pub(crate) idle_seconds: u64,
     /// TCG translation cache per VM, MiB (both sides).
     #[arg(long, default_value_t = QemuConfig::default().tcg_tb_size_mib)]
-    tcg_tb_size_mib: u32,
+    pub(crate) tcg_tb_size_mib: u32,
     /// A statically linked busybox for the reference's init.
     #[arg(long, default_value = "/bin/busybox")]
-    busybox: PathBuf,
+    pub(crate) busybox: PathBuf,
 }
 
-struct Images {
-    kernel: PathBuf,
-    initramfs: PathBuf,
-    runtime: PathBuf,
+pub(crate) struct Images {
+    pub(crate) kernel: PathBuf,
+    pub(crate) initramfs: PathBuf,
+    pub(crate) runtime: PathBuf,
 }
 
 /// The paths given, else the images cached by `aleph-node images build`.
-fn images(args: &Args) -> Result<Images> {
+pub(crate) fn images(args: &Args) -> Result<Images> {
     if let (Some(kernel), Some(initramfs), Some(runtime)) =
         (&args.kernel, &args.initramfs, &args.runtime)
     {
@@ -202,14 +202,14 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-struct Bench<'a> {
-    args: &'a Args,
-    images: &'a Images,
-    driver: &'a QemuDriver,
-    accel: Accel,
-    work: &'a Path,
-    code: &'a Path,
-    reference_initramfs: &'a Path,
+pub(crate) struct Bench<'a> {
+    pub(crate) args: &'a Args,
+    pub(crate) images: &'a Images,
+    pub(crate) driver: &'a QemuDriver,
+    pub(crate) accel: Accel,
+    pub(crate) work: &'a Path,
+    pub(crate) code: &'a Path,
+    pub(crate) reference_initramfs: &'a Path,
 }
 
 impl Bench<'_> {
@@ -301,8 +301,28 @@ impl Bench<'_> {
         run: usize,
         measure_memory: bool,
     ) -> Result<(Duration, Option<MemoryUsage>)> {
-        let folder = self.work.join(format!("reference-{run}"));
-        std::fs::create_dir_all(&folder)?;
+        let (mut child, _, elapsed) = self
+            .start_reference(&self.work.join(format!("reference-{run}")))
+            .await?;
+        let usage = if measure_memory {
+            tokio::time::sleep(Duration::from_secs(self.args.idle_seconds)).await;
+            let pid = child.id().context("reference pid")?;
+            Some(memory::usage(pid, self.args.memory_mib)?)
+        } else {
+            None
+        };
+        child.start_kill()?;
+        child.wait().await?;
+        Ok((elapsed, usage))
+    }
+
+    /// Starts the reference in `folder` and waits for its first answer; returns the
+    /// QEMU process (killed when dropped), the forwarded port and the time taken.
+    pub(crate) async fn start_reference(
+        &self,
+        folder: &Path,
+    ) -> Result<(tokio::process::Child, u16, Duration)> {
+        std::fs::create_dir_all(folder)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -372,17 +392,7 @@ impl Bench<'_> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let elapsed = started.elapsed();
-        let usage = if measure_memory {
-            tokio::time::sleep(Duration::from_secs(self.args.idle_seconds)).await;
-            let pid = child.id().context("reference pid")?;
-            Some(memory::usage(pid, self.args.memory_mib)?)
-        } else {
-            None
-        };
-        child.start_kill()?;
-        child.wait().await?;
-        Ok((elapsed, usage))
+        Ok((child, port, started.elapsed()))
     }
 }
 
@@ -418,7 +428,7 @@ async fn http_get(port: u16) -> Option<String> {
 
 /// Our initramfs, followed by a second archive that replaces `/init` with a shell
 /// script (the kernel unpacks concatenated archives in order, later files winning).
-fn reference_initramfs_bytes(images: &Images, busybox: &Path) -> Result<Vec<u8>> {
+pub(crate) fn reference_initramfs_bytes(images: &Images, busybox: &Path) -> Result<Vec<u8>> {
     let busybox_bytes = std::fs::read(busybox).with_context(|| {
         format!(
             "reading {} (Debian package busybox-static)",
@@ -559,7 +569,7 @@ fn padded(code: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn median(values: &[Duration]) -> Duration {
+pub(crate) fn median(values: &[Duration]) -> Duration {
     let mut sorted = values.to_vec();
     sorted.sort();
     let mid = sorted.len() / 2;

@@ -1,0 +1,380 @@
+//! `aleph-node bench program`: on-demand programs through a CRN, against bare floors
+//! measured in the same run.
+//!
+//! - **Cold start**: the first request to a program whose VM is not running, through
+//!   the CRN's HTTP API (program message read from the CCN, files already cached,
+//!   admission, drives, VM start, agent, app start, the request), against the bare
+//!   QEMU reference of `aleph-node bench vm` (same machine, kernel, modules and
+//!   runtime; a shell init starting the same uvicorn command; first answer on a
+//!   forwarded port). The code is the same FastAPI app, as a plain file, on both sides.
+//! - **Warm requests**: latency p50/p99 of sequential requests and requests per second
+//!   with concurrent clients, through the CRN (HTTP/1.1 to the CRN, HTTP/2 over the
+//!   VM's channel to the agent, which proxies to uvicorn's Unix socket) against a
+//!   direct request to the same app under the same uvicorn in the reference VM (HTTP/1.1
+//!   through QEMU's user-mode network on a loopback `hostfwd` port). Our program VMs
+//!   have no network card, so "the same app in the same VM" is the identical app in an
+//!   identical VM; the channel alone (the CRN's HTTP layer left out) is reported too.
+//!
+//! Both sides use keep-alive connections; blocks alternate sides so neither always
+//! gets the quieter host.
+
+use super::vm::{self, APP, EXPECTED, median};
+use aleph_ccn::{CcnConfig, FundedAccount};
+use aleph_crn::CrnConfig;
+use aleph_crn::execution::prepare::BootImages;
+use aleph_crn::hypervisor::qemu::{QemuConfig, QemuDriver};
+use aleph_types::account::{Account, EvmAccount};
+use aleph_types::chain::Chain;
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+#[group(id = "bench_program")]
+pub struct Args {
+    /// The machine, images and runs, as for `bench vm`.
+    #[command(flatten)]
+    machine: vm::Args,
+    /// Sequential warm requests per block and side.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Blocks of warm measures (alternating sides).
+    #[arg(long, default_value_t = 3)]
+    blocks: usize,
+    /// Concurrent clients for requests per second.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds each throughput measure lasts.
+    #[arg(long, default_value_t = 3)]
+    throughput_seconds: u64,
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Signs and posts an inline message to the in-process CCN; returns its hash.
+async fn post(
+    http: &reqwest::Client,
+    ccn: &str,
+    account: &EvmAccount,
+    message_type: &str,
+    mut content: Value,
+) -> Result<String> {
+    let address = account.address().to_string();
+    content["address"] = json!(address);
+    content["time"] = json!(now());
+    let item_content = serde_json::to_string(&content)?;
+    let item_hash = hex::encode(Sha256::digest(item_content.as_bytes()));
+    let buffer = format!("ETH\n{address}\n{message_type}\n{item_hash}");
+    let signature = account
+        .sign_raw(buffer.as_bytes())
+        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+    let message = json!({
+        "chain": "ETH", "sender": address, "type": message_type, "channel": "BENCH",
+        "item_type": "inline", "item_content": item_content, "item_hash": item_hash,
+        "time": now(), "signature": signature.as_str(),
+    });
+    let response = http
+        .post(format!("{ccn}/api/v0/messages"))
+        .json(&json!({"sync": true, "message": message}))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    ensure!(status.is_success(), "{message_type} refused: {body}");
+    Ok(item_hash)
+}
+
+/// One GET that must answer the hello JSON; returns how long it took.
+async fn hello(http: &reqwest::Client, url: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let response = http.get(url).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    ensure!(
+        status.is_success() && body == EXPECTED.as_bytes(),
+        "{url} answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(started.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Requests per second from `concurrency` clients looping for `seconds`.
+async fn throughput(http: &reqwest::Client, url: &str, concurrency: usize, seconds: u64) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let clients = (0..concurrency).map(|_| async {
+        let mut done = 0u64;
+        while Instant::now() < deadline {
+            hello(http, url).await?;
+            done += 1;
+        }
+        Ok::<_, anyhow::Error>(done)
+    });
+    let mut total = 0;
+    for done in futures::future::join_all(clients).await {
+        total += done?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let machine = &args.machine;
+    ensure!(machine.runs > 0 && args.blocks > 0 && args.requests > 0, "runs, blocks and requests must be at least 1");
+    ensure!(
+        machine.tcg_tb_size_mib == QemuConfig::default().tcg_tb_size_mib,
+        "the CRN runs VMs with the default TCG cache; leave --tcg-tb-size-mib at its default"
+    );
+    let images = vm::images(machine)?;
+    let work = tempfile::Builder::new()
+        .prefix("aleph-bench-program-")
+        .tempdir_in("/tmp")?;
+    let reference_initramfs = work.path().join("reference.cpio");
+    std::fs::write(
+        &reference_initramfs,
+        vm::reference_initramfs_bytes(&images, &machine.busybox)?,
+    )?;
+    let runtime = std::fs::read(&images.runtime).context("reading the runtime")?;
+    let images_dir = machine
+        .data_dir
+        .clone()
+        .unwrap_or_else(aleph_crn::images::default_data_dir);
+    let driver = QemuDriver::new(QemuConfig {
+        state_dir: Some(images_dir.clone()),
+        tcg_tb_size_mib: machine.tcg_tb_size_mib,
+        ..QemuConfig::default()
+    });
+    let verdict = driver.accel_for(&images.kernel).await;
+    println!("acceleration: {:?} ({})", verdict.accel, verdict.reason);
+    println!(
+        "machine: microvm, {} vCPU, {} MiB, TCG cache {} MiB; app: FastAPI hello under uvicorn",
+        machine.vcpus,
+        machine.memory_mib,
+        driver.config().tcg_tb_size_mib
+    );
+    let bench = vm::Bench {
+        args: machine,
+        images: &images,
+        driver: &driver,
+        accel: verdict.accel,
+        work: work.path(),
+        code: work.path(),
+        reference_initramfs: &reference_initramfs,
+    };
+
+    // A CCN holding the runtime, the code and the PROGRAM; a CRN reading from it.
+    let key: [u8; 32] = rand::random();
+    let account = EvmAccount::new(Chain::Ethereum, &key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ccn = aleph_ccn::start(CcnConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: work.path().join("ccn"),
+        database_url: None,
+        funded: vec![FundedAccount {
+            address: account.address().to_string(),
+            balance: 1e9,
+            credit_balance: 0,
+        }],
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let mut stores = Vec::new();
+    for bytes in [runtime.as_slice(), APP.as_bytes()] {
+        // The runtime is over the HTTP upload limit: into the file store directly.
+        let received = ccn.ccn().files.put(bytes).await?;
+        {
+            let _writer = ccn.ccn().write_lock().await;
+            ccn.ccn().files.commit(&received).await?;
+        }
+        let content = json!({"item_type": "storage", "item_hash": received.hash});
+        stores.push(post(&http, &ccn.url(), &account, "STORE", content).await?);
+    }
+    drop(runtime);
+    let program = post(
+        &http,
+        &ccn.url(),
+        &account,
+        "PROGRAM",
+        json!({
+            "type": "vm-function", "allow_amend": false,
+            "code": {"encoding": "plain", "entrypoint": "main:app", "ref": stores[1]},
+            "runtime": {"ref": stores[0], "use_latest": false, "comment": "python"},
+            "on": {"http": true},
+            "environment": {},
+            "resources": {"vcpus": machine.vcpus, "memory": machine.memory_mib, "seconds": 60},
+        }),
+    )
+    .await?;
+    let crn = aleph_crn::start_with_images(
+        CrnConfig {
+            listen: "127.0.0.1:0".parse()?,
+            ccn_url: ccn.url(),
+            data_dir: work.path().join("crn"),
+            images_dir: Some(images_dir),
+            watch_updates: false,
+            ..CrnConfig::default()
+        },
+        BootImages {
+            kernel: images.kernel.clone(),
+            initramfs: images.initramfs.clone(),
+        },
+    )
+    .await?;
+    let url = format!("{}/vm/{program}/", crn.url());
+    let result = measure(&args, &bench, &crn, &program, &url, &http).await;
+    crn.shutdown_and_stop_vms().await;
+    ccn.shutdown().await;
+    result
+}
+
+async fn measure(
+    args: &Args,
+    bench: &vm::Bench<'_>,
+    crn: &aleph_crn::CrnHandle,
+    program: &str,
+    url: &str,
+    http: &reqwest::Client,
+) -> Result<()> {
+    let machine = &args.machine;
+    // The first start downloads the runtime into the CRN's cache: not measured.
+    let first = hello(http, url).await?;
+    println!("first start (runtime downloaded from the CCN): {:.2} s", first.as_secs_f64());
+    crn.pool().stop(program, "bench").await;
+
+    let mut ours = Vec::new();
+    let mut bare = Vec::new();
+    for run in 0..machine.runs {
+        let order = if run % 2 == 0 { [true, false] } else { [false, true] };
+        for is_ours in order {
+            if is_ours {
+                let elapsed = hello(http, url).await?;
+                println!("run {run}: CRN cold start {:>6.2} s", elapsed.as_secs_f64());
+                ours.push(elapsed);
+                crn.pool().stop(program, "bench").await;
+            } else {
+                let folder = bench.work.join(format!("reference-cold-{run}"));
+                let (mut child, _, elapsed) = bench.start_reference(&folder).await?;
+                println!("run {run}: reference    {:>6.2} s", elapsed.as_secs_f64());
+                bare.push(elapsed);
+                child.start_kill()?;
+                child.wait().await?;
+            }
+        }
+    }
+    let (ours_median, bare_median) = (median(&ours), median(&bare));
+    println!(
+        "cold start → first response, median of {}: CRN {:.2} s, bare floor {:.2} s, ratio {:.3} (target ≤ 1.10)",
+        machine.runs,
+        ours_median.as_secs_f64(),
+        bare_median.as_secs_f64(),
+        ours_median.as_secs_f64() / bare_median.as_secs_f64()
+    );
+
+    // Warm: both VMs up, the same app answering.
+    hello(http, url).await?;
+    let (mut child, port, _) = bench
+        .start_reference(&bench.work.join("reference-warm"))
+        .await?;
+    let direct = format!("http://127.0.0.1:{port}/");
+    let execution = crn
+        .pool()
+        .running()
+        .into_iter()
+        .next()
+        .context("the program runs")?;
+    let channel = execution.channel().clone();
+    // Let both settle, then warm the connections and uvicorn's code paths.
+    for _ in 0..20 {
+        hello(http, url).await?;
+        hello(http, &direct).await?;
+    }
+    let (mut through, mut straight, mut channel_only) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut through_rps, mut straight_rps) = (Vec::new(), Vec::new());
+    for block in 0..args.blocks {
+        let sides: [u8; 3] = if block % 2 == 0 { [0, 1, 2] } else { [1, 0, 2] };
+        for side in sides {
+            for _ in 0..args.requests {
+                match side {
+                    0 => through.push(hello(http, url).await?),
+                    1 => straight.push(hello(http, &direct).await?),
+                    _ => {
+                        let started = Instant::now();
+                        let request = http::Request::get("/").body(Empty::<Bytes>::new())?;
+                        let response = channel.forward(request).await?;
+                        let body = response.into_body().collect().await?.to_bytes();
+                        ensure!(body == EXPECTED.as_bytes(), "the channel answered {body:?}");
+                        channel_only.push(started.elapsed());
+                    }
+                }
+            }
+        }
+        for side in if block % 2 == 0 { [0, 1] } else { [1, 0] } {
+            let target = if side == 0 { url } else { direct.as_str() };
+            let rps = throughput(http, target, args.concurrency, args.throughput_seconds).await?;
+            if side == 0 { through_rps.push(rps) } else { straight_rps.push(rps) }
+        }
+    }
+    child.start_kill()?;
+    child.wait().await?;
+
+    for list in [&mut through, &mut straight, &mut channel_only] {
+        list.sort();
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "warm latency over {} requests each: through the CRN p50 {:.2} ms p99 {:.2} ms; direct p50 {:.2} ms p99 {:.2} ms; channel alone p50 {:.2} ms p99 {:.2} ms",
+        through.len(),
+        ms(percentile(&through, 0.5)),
+        ms(percentile(&through, 0.99)),
+        ms(percentile(&straight, 0.5)),
+        ms(percentile(&straight, 0.99)),
+        ms(percentile(&channel_only, 0.5)),
+        ms(percentile(&channel_only, 0.99)),
+    );
+    println!(
+        "warm p50 ratio CRN/direct {:.3} (target ≤ 1.3)",
+        percentile(&through, 0.5).as_secs_f64() / percentile(&straight, 0.5).as_secs_f64()
+    );
+    println!(
+        "requests per second with {} clients: through the CRN {:.0}, direct {:.0}, ratio {:.3}",
+        args.concurrency,
+        mean(&through_rps),
+        mean(&straight_rps),
+        mean(&through_rps) / mean(&straight_rps)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn flags_parse_alongside_those_of_bench_vm() {
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from(["program", "--runs", "2", "--requests", "10", "--vcpus", "1"]);
+        assert_eq!((cli.args.machine.runs, cli.args.requests), (2, 10));
+    }
+}
