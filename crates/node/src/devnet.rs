@@ -15,7 +15,7 @@ mod programs;
 mod runtime;
 
 use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
-use aleph_crn::images::{self, BuildOptions, GuestImages, StderrProgress};
+use aleph_crn::images::{self, BuildOptions, GuestImages, NoProgress, Progress, StderrProgress};
 use aleph_types::account::{Account, EvmAccount};
 use aleph_types::chain::Chain;
 use anyhow::{Context, Result};
@@ -232,27 +232,47 @@ async fn publish_diagnostic(ccn_url: &str, crn_url: &str, private_key: &str) -> 
     }
 }
 
-/// The cached images, or a build of them (minutes, the first time).
+/// The images, brought up to date: `images::build` rebuilds what is stale
+/// (the initramfs after the agent changed) and only verifies the rest, in a
+/// second or two; the first build takes minutes. Without the agent, or when
+/// a rebuild fails (offline, say), images already built are used as they are.
 async fn guest_images(images_dir: &Path) -> Result<GuestImages> {
-    if let Some(images) = images::cached(images_dir) {
-        return Ok(images);
-    }
-    eprintln!(
-        "devnet: building the guest images into {} (the first time takes a few minutes)",
-        images_dir.display()
-    );
     let options = BuildOptions::new(images_dir);
     let agent = options.guest_bin();
+    let cached = images::cached(images_dir);
     if !agent.is_file() {
-        anyhow::bail!(
-            "the guest agent {} is missing: build it with scripts/build-guest (or set {}), then start the devnet again",
-            agent.display(),
-            images::GUEST_BIN_ENV
-        );
+        return cached.with_context(|| {
+            format!(
+                "no guest images in {} and no guest agent {} to build them from: build it with scripts/build-guest (or set {}), then start the devnet again",
+                images_dir.display(),
+                agent.display(),
+                images::GUEST_BIN_ENV
+            )
+        });
     }
-    images::build(&options, &StderrProgress)
-        .await
-        .context("building the guest images (`aleph-node images build` shows the same steps)")
+    let progress: &dyn Progress = if cached.is_some() {
+        &NoProgress
+    } else {
+        eprintln!(
+            "devnet: building the guest images into {} (the first time takes a few minutes)",
+            images_dir.display()
+        );
+        &StderrProgress
+    };
+    match images::build(&options, progress).await {
+        Ok(built) => Ok(built),
+        Err(e) => match cached {
+            Some(cached) => {
+                eprintln!(
+                    "devnet: cannot refresh the guest images ({e:#}); using those built before"
+                );
+                Ok(cached)
+            }
+            None => Err(e.context(
+                "building the guest images (`aleph-node images build` shows the same steps)",
+            )),
+        },
+    }
 }
 
 /// The devnet's accounts: key `i` is sha256("aleph-devnet-account-{i}").
