@@ -5,6 +5,7 @@
 
 use super::Pool;
 use crate::execution::Execution;
+use crate::resources::ProgramMessage;
 use futures::StreamExt;
 use serde_json::Value;
 use std::sync::Arc;
@@ -14,8 +15,12 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// Whether `message` (as the CCN streams it) updates what `execution` runs.
 pub fn updates(message: &Value, execution: &Execution) -> bool {
+    updates_program(message, &execution.program, &execution.prepared.code_ref)
+}
+
+/// Whether `message` updates `program`, whose code runs from STORE `code_ref`.
+pub fn updates_program(message: &Value, program: &ProgramMessage, code_ref: &str) -> bool {
     let content = &message["content"];
-    let program = &execution.program;
     let owner = content["address"].as_str().unwrap_or_default();
     if !owner.eq_ignore_ascii_case(&program.content.address) {
         return false;
@@ -25,8 +30,7 @@ pub fn updates(message: &Value, execution: &Execution) -> bool {
             let Some(reference) = content["ref"].as_str() else {
                 return false;
             };
-            reference == program.content.code.reference
-                || reference == execution.prepared.code_ref
+            reference == program.content.code.reference || reference == code_ref
         }
         Some("PROGRAM") => content["replaces"].as_str() == Some(program.item_hash.as_str()),
         _ => false,
@@ -85,4 +89,43 @@ pub async fn watch(pool: Arc<Pool>, mut stop: watch::Receiver<bool>) {
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn program() -> ProgramMessage {
+        ProgramMessage {
+            item_hash: "p0".into(),
+            content_hash: "p0".into(),
+            content: serde_json::from_value(json!({
+                "address": "0xOwner",
+                "code": {"encoding": "zip", "entrypoint": "main:app", "ref": "c0", "use_latest": true},
+                "runtime": {"ref": "r0"},
+            }))
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn code_amends_and_program_amends_by_the_owner_update() {
+        let program = program();
+        let store = |owner: &str, reference: &str| {
+            json!({"type": "STORE", "content": {"address": owner, "ref": reference}})
+        };
+        assert!(updates_program(&store("0xowner", "c0"), &program, "c0"));
+        // An amend of the version that runs (the second update of the code).
+        assert!(updates_program(&store("0xOwner", "c1"), &program, "c1"));
+        assert!(!updates_program(&store("0xOwner", "other"), &program, "c1"));
+        assert!(!updates_program(&store("0xSomeoneElse", "c0"), &program, "c0"));
+        assert!(!updates_program(&json!({"type": "STORE", "content": {"address": "0xOwner"}}), &program, "c0"));
+        let amend = |replaces: &str| {
+            json!({"type": "PROGRAM", "content": {"address": "0xOwner", "replaces": replaces}})
+        };
+        assert!(updates_program(&amend("p0"), &program, "c0"));
+        assert!(!updates_program(&amend("p9"), &program, "c0"));
+        assert!(!updates_program(&json!({"type": "POST", "content": {"address": "0xOwner", "ref": "c0"}}), &program, "c0"));
+    }
 }
