@@ -46,16 +46,47 @@ fn workspace_root() -> PathBuf {
 }
 
 /// `target/<profile>/aleph`: test binaries run from `target/<profile>/deps`.
+/// `cargo test -p aleph-node` does not build it, so an old one is refused
+/// rather than tested.
 fn aleph_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
     let cli = profile_dir.join("aleph");
-    assert!(
-        cli.is_file(),
-        "{} is missing: build it with `cargo build -p aleph-cli` (cargo test --workspace does)",
-        cli.display()
-    );
+    let hint = "build it with `cargo build -p aleph-cli` (cargo test --workspace does)";
+    let built = std::fs::metadata(&cli)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {hint}", cli.display()));
+    let sources = workspace_root().join("crates/cli/src");
+    if let Some(newer) = newest_file(&sources).filter(|(time, _)| *time > built) {
+        panic!(
+            "{} is older than {}: {hint}",
+            cli.display(),
+            newer.1.display()
+        );
+    }
     cli
+}
+
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let candidate = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, path))
+        };
+        if let Some(candidate) = candidate
+            && newest.as_ref().is_none_or(|(t, _)| candidate.0 > *t)
+        {
+            newest = Some(candidate);
+        }
+    }
+    newest
 }
 
 fn images_dir() -> Option<PathBuf> {
