@@ -92,9 +92,13 @@ async fn fastapi_app_answers_concurrently_survives_a_new_driver_and_stops_gracef
     assert_eq!(seen, Ok(true), "uvicorn's access log line for the request");
     drop(logs);
 
-    // Drop every handle: the VM must keep running, and a new driver adopts it.
+    // Drop every handle: the VM must keep running, and a new driver adopts it. The old
+    // host closes its socket and stays away a moment, as a restarting supervisor does:
+    // the agent tells host sessions apart only by seeing the host leave in between.
     let (pid, folder, guard, config) = (vm.vm.pid(), vm.folder.clone(), vm.guard, vm.config);
+    vm.channel.disconnect().await;
     drop((vm.vm, vm.channel, driver));
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let driver = host.driver();
     let adopted = driver.adopt(&folder).await.expect("the VM is re-adopted");
     assert_eq!(adopted.pid(), pid);

@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, BodyStream, Empty, Full};
 use hyper::body::Incoming;
-use session::Sessions;
+use session::{RESYNC_PAUSE, Sessions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -71,9 +71,6 @@ const HOP_BY_HOP: [header::HeaderName; 5] = [
 /// serving within a few seconds of QEMU starting, even under TCG.
 const READY_ATTEMPT: Duration = Duration::from_secs(5);
 
-/// How long the host stays away before opening a new session after an unanswered one.
-const RESYNC_PAUSE: Duration = Duration::from_millis(500);
-
 /// The HTTP/2 client of one VM's agent. Cheap to share (`Arc`); requests run
 /// concurrently as streams of one session.
 pub struct AgentChannel {
@@ -123,7 +120,8 @@ impl AgentChannel {
         }
     }
 
-    /// Drops the current session; the next request opens a new one.
+    /// Closes the current session's socket (requests in flight keep it open up to a
+    /// second); the next request opens a new session.
     pub async fn disconnect(&self) {
         self.sessions.reset().await;
     }

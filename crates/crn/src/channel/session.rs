@@ -11,17 +11,34 @@ use crate::hypervisor::ChannelEndpoint;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 pub(super) struct Sessions {
     endpoint: ChannelEndpoint,
     /// The current session and its generation, so that many requests failing on the
     /// same dead session replace it once, not once each.
-    current: Mutex<Option<(u64, SendRequest<RequestBody>)>>,
+    current: Mutex<Option<Session>>,
     opened: AtomicU64,
+    /// When a session last failed: the next one waits [`RESYNC_PAUSE`] after it, so the
+    /// agent sees the host leave before the new session's bytes arrive.
+    failed_at: std::sync::Mutex<Option<Instant>>,
 }
+
+struct Session {
+    generation: u64,
+    sender: SendRequest<RequestBody>,
+    /// The task driving the connection; it ends once the socket is closed.
+    driver: JoinHandle<()>,
+}
+
+/// How long the host stays away between a failed session and the next one. The agent
+/// notices a host leaving only when it reads while nobody is connected; a host that
+/// comes back at once can have its new session's bytes read by the agent's old one.
+pub const RESYNC_PAUSE: Duration = Duration::from_millis(500);
 
 impl Sessions {
     pub fn new(endpoint: ChannelEndpoint) -> Self {
@@ -29,6 +46,7 @@ impl Sessions {
             endpoint,
             current: Mutex::new(None),
             opened: AtomicU64::new(0),
+            failed_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -39,31 +57,47 @@ impl Sessions {
     /// A sender on a live session, opening one when there is none.
     pub async fn get(&self) -> Result<(u64, SendRequest<RequestBody>), ChannelError> {
         let mut current = self.current.lock().await;
-        if let Some((generation, sender)) = current.as_ref()
-            && !sender.is_closed()
+        if let Some(session) = current.as_ref()
+            && !session.sender.is_closed()
         {
-            return Ok((*generation, sender.clone()));
+            return Ok((session.generation, session.sender.clone()));
+        }
+        let failed_at = *self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(failed_at) = failed_at {
+            tokio::time::sleep_until((failed_at + RESYNC_PAUSE).into()).await;
         }
         let generation = self.opened.fetch_add(1, Ordering::Relaxed);
-        let sender = self.open().await?;
-        *current = Some((generation, sender.clone()));
+        let (sender, driver) = self.open().await?;
+        *current = Some(Session {
+            generation,
+            sender: sender.clone(),
+            driver,
+        });
         Ok((generation, sender))
     }
 
     /// Forgets session `generation` if it is still the current one.
     pub async fn discard(&self, generation: u64) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current.as_ref().is_some_and(|s| s.generation == generation) {
+            *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             *current = None;
         }
     }
 
     /// Drops the current session, whatever it is (the next request opens a new one).
+    /// Waits (briefly) until its socket is closed, so that a caller who then hands the
+    /// VM over knows the agent can see the host leave.
     pub async fn reset(&self) {
-        self.current.lock().await.take();
+        let session = self.current.lock().await.take();
+        if let Some(Session { sender, driver, .. }) = session {
+            drop(sender);
+            // Requests still in flight hold the connection open; do not wait for them.
+            let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
+        }
     }
 
-    async fn open(&self) -> Result<SendRequest<RequestBody>, ChannelError> {
+    async fn open(&self) -> Result<(SendRequest<RequestBody>, JoinHandle<()>), ChannelError> {
         let socket = self.endpoint.socket();
         let connect_error = |source: std::io::Error| ChannelError::Connect {
             socket: socket.to_path_buf(),
@@ -93,11 +127,11 @@ impl Sessions {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ChannelError::Session)?;
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("agent channel session ended: {e}");
             }
         });
-        Ok(sender)
+        Ok((sender, driver))
     }
 }
