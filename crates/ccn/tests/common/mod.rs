@@ -384,16 +384,41 @@ impl PgDatabase {
         }
     }
 
-    async fn drop_database(&self) {
-        if let Ok(admin) = sqlx::AnyPool::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
+    /// The node under test may still be running (its worker reconnects right after
+    /// `WITH (FORCE)` ends its sessions), so a refused drop is tried again.
+    async fn drop_database(admin_url: String, name: String) {
+        let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await else {
+            return;
+        };
+        for _ in 0..20 {
+            let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
             )))
             .execute(&admin)
             .await;
-            admin.close().await;
+            if dropped.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        admin.close().await;
+    }
+}
+
+/// Drops the database even when the test panicked: on a thread of its own with
+/// its own runtime, since `Drop` cannot await.
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(PgDatabase::drop_database(admin_url, name));
+            }
+        })
+        .join();
     }
 }
 
@@ -445,7 +470,6 @@ where
     };
     // The test owns the node; its tasks end with the test's runtime.
     test(node).await;
-    if let Some(pg) = pg {
-        pg.drop_database().await;
-    }
+    // `pg` drops its database when it goes out of scope, panic or not.
+    drop(pg);
 }
