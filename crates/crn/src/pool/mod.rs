@@ -254,9 +254,14 @@ impl Pool {
                     error: format!("the VM's agent did not come up: {e}"),
                     traceback: Some(console_tail(&folder)),
                 })?;
-            channel
-                .configure(&file.prepared.agent)
+            // The agent bounds the app's start itself; this bounds a lost answer.
+            let limit = self.config.boot_timeout() + Duration::from_secs(30);
+            tokio::time::timeout(limit, channel.configure(&file.prepared.agent))
                 .await
+                .map_err(|_| ProgramError::StartFailed {
+                    error: format!("the VM's agent did not answer the configuration within {limit:?}"),
+                    traceback: Some(console_tail(&folder)),
+                })?
                 .map_err(|e| ProgramError::StartFailed {
                     error: format!("the app failed to start: {e}"),
                     traceback: e.traceback().map(str::to_string),
