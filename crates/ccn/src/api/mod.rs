@@ -49,6 +49,7 @@ pub fn router(ccn: Arc<Ccn>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(json_errors))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ccn)
 }
 
