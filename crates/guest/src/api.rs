@@ -194,25 +194,30 @@ fn shutdown(agent: Arc<Agent>) -> Response<Body> {
     tokio::spawn(async move {
         // Let the answer reach the host first.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        syslog!("shutting down");
-        agent.app.stop(STOP_GRACE).await;
-        let config = agent
-            .config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(config) = config {
-            volumes::unmount_all(&config.volumes);
-            if config.code.encoding == CodeEncoding::Squashfs {
-                let _ = nix::mount::umount(CODE_DIR);
-            }
-        }
-        power::off();
+        power_off(&agent).await
     });
     json(
         StatusCode::OK,
         &serde_json::json!({"status": "shutting down"}),
     )
+}
+
+/// Stops the app, unmounts what the program mounted, and powers the VM off.
+pub async fn power_off(agent: &Agent) -> ! {
+    syslog!("shutting down");
+    agent.app.stop(STOP_GRACE).await;
+    let config = agent
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(config) = config {
+        volumes::unmount_all(&config.volumes);
+        if config.code.encoding == CodeEncoding::Squashfs {
+            let _ = nix::mount::umount(CODE_DIR);
+        }
+    }
+    power::off()
 }
 
 fn ndjson(line: &LogLine) -> Result<Frame<Bytes>, BoxError> {

@@ -12,6 +12,7 @@ mod code;
 mod network;
 mod paths;
 mod power;
+mod power_button;
 mod proxy;
 mod volumes;
 
@@ -66,9 +67,14 @@ async fn serve(booted: boot::Booted) {
     tokio::spawn(app::reaper(app.clone()));
 
     let (loaded, late_modules) = watch::channel(false);
+    let (pressed, power_pressed) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         booted.late_modules.load_all();
         loaded.send_replace(true);
+        // The button module just loaded; this thread has nothing else to do.
+        if power_button::wait_for_press() {
+            let _ = pressed.send(());
+        }
     });
     tokio::spawn(async {
         if let Err(e) = network::loopback_up().await {
@@ -77,6 +83,25 @@ async fn serve(booted: boot::Booted) {
     });
 
     let agent = Arc::new(api::Agent::new(app, late_modules));
+    // What a host without the channel can still send: the ACPI power button, SIGTERM,
+    // or SIGINT from Ctrl-Alt-Del (a signal to init once CAD is disabled).
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+    let stopping = agent.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            Ok(()) = power_pressed => syslog!("power button pressed"),
+        }
+        api::power_off(&stopping).await
+    });
     let port = channel::find_port().await;
     if let Err(e) = channel::serve(&port, agent).await {
         fatal(e);

@@ -24,7 +24,10 @@ enum Command {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Command::Build { data_dir, guest_bin } => {
+        Command::Build {
+            data_dir,
+            guest_bin,
+        } => {
             let mut opts = BuildOptions::new(data_dir.unwrap_or_else(images::default_data_dir));
             opts.guest_bin = guest_bin;
             let built = images::build(&opts, &StderrProgress).await?;

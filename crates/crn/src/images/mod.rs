@@ -187,8 +187,17 @@ async fn kernel_images(
         }
         Err(e) => return Err(e),
     };
+    // The module choice is part of what a cached kernel stands for.
+    let modules_key = format!(
+        " modules={}+{}",
+        modules::BOOT_MODULES.join(","),
+        modules::LATE_MODULES.join(",")
+    );
+    let key = |package: &kernel::KernelPackage| format!("{}{modules_key}", package.key());
     if let Some(entry) = cached
-        && package.as_ref().is_none_or(|p| p.key() == entry.key)
+        && package
+            .as_ref()
+            .map_or(entry.key.ends_with(&modules_key), |p| key(p) == entry.key)
     {
         let start = Instant::now();
         if [&entry.vmlinuz, &entry.vmlinux, &entry.modules_cpio]
@@ -228,7 +237,7 @@ async fn kernel_images(
     })?;
     let modules_cpio = store.put_bytes(&initramfs::modules_archive(&selected)?)?;
     let entry = KernelEntry {
-        key: package.key(),
+        key: key(&package),
         kernel_version: unpacked.kernel_version.clone(),
         vmlinuz,
         vmlinux,

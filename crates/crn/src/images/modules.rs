@@ -18,8 +18,15 @@ pub const BOOT_MODULES: &[&str] = &[
     "overlay",
     "ext4",
 ];
-/// Optional features (network, vsock): loaded in the background after boot.
-pub const LATE_MODULES: &[&str] = &["virtio_net", "vmw_vsock_virtio_transport"];
+/// Optional features, loaded in the background after boot: network, vsock, and the
+/// ACPI power button as an input device (a hypervisor's "power down" then reaches the
+/// agent, which stops the app before powering off).
+pub const LATE_MODULES: &[&str] = &[
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
+    "button",
+    "evdev",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +175,8 @@ mod tests {
             "vsock",
             "vmw_vsock_virtio_transport_common",
             "vmw_vsock_virtio_transport",
+            "button",
+            "evdev",
         ];
         let index: BTreeMap<_, _> = names
             .iter()

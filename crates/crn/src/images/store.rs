@@ -23,7 +23,7 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelEntry {
-    /// `package=version` it was built from.
+    /// `package=version` it was built from, and the modules chosen.
     pub key: String,
     pub kernel_version: String,
     pub vmlinuz: Blob,

@@ -8,6 +8,7 @@
 pub mod asgi;
 pub mod binary;
 pub mod logs;
+mod ready;
 
 use crate::paths::CODE_DIR;
 use crate::syslog;
@@ -22,7 +23,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Where the app accepts connections.
@@ -46,9 +47,6 @@ pub struct StartError {
     /// What the app wrote before failing (a Python traceback, typically).
     pub output: String,
 }
-
-/// How often a starting app is probed; short, because the probe is the critical path.
-const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 
 pub struct App {
     state: Mutex<AppState>,
@@ -166,21 +164,18 @@ impl App {
             }
         }
 
-        let deadline = Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut exit = self.exit.subscribe();
-        let error = loop {
-            if let Some(status) = *exit.borrow_and_update() {
-                break describe(&status);
-            }
-            if probe(&launch.listen).await {
+        let error = match ready::wait(&launch.listen, &mut exit, deadline).await {
+            ready::Ready::Listening => {
                 *lock(&self.state) = AppState::Running;
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            ready::Ready::Exited(status) => describe(&status),
+            ready::Ready::TimedOut => {
                 self.signal(Signal::SIGKILL);
-                break format!("the app did not accept connections within {timeout:?}");
+                format!("the app did not accept connections within {timeout:?}")
             }
-            let _ = tokio::time::timeout(PROBE_INTERVAL, exit.changed()).await;
         };
         self.fail();
         // The output may still be in the pipes: let the pumps drain them, briefly (an
@@ -237,13 +232,6 @@ impl App {
                 }
             }
         }
-    }
-}
-
-async fn probe(listen: &Listen) -> bool {
-    match listen {
-        Listen::Unix(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
-        Listen::Tcp(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
     }
 }
 
