@@ -48,6 +48,21 @@ impl ExecutionFile {
     }
 }
 
+/// Where the time of a start went (zero for an adopted execution).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Startup {
+    /// Reading the PROGRAM (and its amends) from the CCN.
+    pub message: Duration,
+    /// Files from the cache or the CCN, volumes, the machine's spec.
+    pub prepare: Duration,
+    /// The hypervisor process started until the guest runs.
+    pub vm: Duration,
+    /// The guest running until its agent answers.
+    pub agent: Duration,
+    /// Configuration sent until the app accepts connections.
+    pub app: Duration,
+}
+
 /// A program whose VM runs (or ran): the handle requests are forwarded through.
 pub struct Execution {
     pub id: String,
@@ -60,6 +75,7 @@ pub struct Execution {
     last_used: Mutex<Instant>,
     /// Taken back from an earlier node process rather than started by this one.
     pub adopted: bool,
+    pub startup: Startup,
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -78,6 +94,7 @@ impl Execution {
         vm: Box<dyn RunningVm>,
         channel: Arc<AgentChannel>,
         adopted: bool,
+        startup: Startup,
     ) -> Self {
         Self {
             id: file.id,
@@ -89,6 +106,7 @@ impl Execution {
             in_flight: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
             adopted,
+            startup,
         }
     }
 

@@ -11,7 +11,7 @@ use crate::config::CrnConfig;
 use crate::error::ProgramError;
 use crate::execution::prepare::{self, BootImages};
 use crate::execution::state::{Lifecycle, State};
-use crate::execution::{Execution, ExecutionFile};
+use crate::execution::{Execution, ExecutionFile, Startup};
 use crate::hypervisor::{Hypervisor, StopTimeouts, VmStatus};
 use crate::records::{ExecutionRecord, Records};
 use crate::resources::{ProgramMessage, Resources};
@@ -193,7 +193,14 @@ impl Pool {
 
     async fn start_execution(&self, hash: &str) -> Result<Arc<Slot>, ProgramError> {
         let mut lifecycle = Lifecycle::new();
+        let mut startup = Startup::default();
+        let mut step = std::time::Instant::now();
+        let mut lap = |slot: &mut Duration| {
+            *slot = step.elapsed();
+            step = std::time::Instant::now();
+        };
         let program = self.resources.program(hash).await?;
+        lap(&mut startup.message);
         let content = &program.content;
         let reservation = self
             .admission
@@ -225,6 +232,7 @@ impl Pool {
                 return Err(e);
             }
         };
+        lap(&mut startup.prepare);
         advance(&mut lifecycle, State::Prepared)?;
         advance(&mut lifecycle, State::Starting)?;
         let mut file = ExecutionFile {
@@ -245,6 +253,7 @@ impl Pool {
                 });
             }
         };
+        lap(&mut startup.vm);
         let channel = Arc::new(AgentChannel::new(vm.channel()));
         let started = async {
             channel
@@ -254,6 +263,7 @@ impl Pool {
                     error: format!("the VM's agent did not come up: {e}"),
                     traceback: Some(console_tail(&folder)),
                 })?;
+            lap(&mut startup.agent);
             // The agent bounds the app's start itself; this bounds a lost answer.
             let limit = self.config.boot_timeout() + Duration::from_secs(30);
             tokio::time::timeout(limit, channel.configure(&file.prepared.agent))
@@ -274,13 +284,14 @@ impl Pool {
             self.discard(&file, &folder, &e.to_string()).await;
             return Err(e);
         }
+        lap(&mut startup.app);
         file.lifecycle
             .advance(State::Running)
             .map_err(ProgramError::internal)?;
         file.save(&folder).map_err(ProgramError::internal)?;
-        tracing::info!("program {hash} running in execution {id}");
+        tracing::info!("program {hash} running in execution {id}: {startup:?}");
         Ok(Arc::new(Slot {
-            execution: Arc::new(Execution::new(file, vm, channel, false)),
+            execution: Arc::new(Execution::new(file, vm, channel, false, startup)),
             _reservation: reservation,
         }))
     }
@@ -492,7 +503,7 @@ impl Pool {
             .map_err(|e| format!("no room for it: {e}"))?;
         let hash = file.program.item_hash.clone();
         let slot = Arc::new(Slot {
-            execution: Arc::new(Execution::new(file, vm, channel, true)),
+            execution: Arc::new(Execution::new(file, vm, channel, true, Startup::default())),
             _reservation: reservation,
         });
         let mut entries = self.entries.lock().expect("entries");

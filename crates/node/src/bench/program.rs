@@ -263,7 +263,23 @@ async fn measure(
         for is_ours in order {
             if is_ours {
                 let elapsed = hello(http, url).await?;
-                println!("run {run}: CRN cold start {:>6.2} s", elapsed.as_secs_f64());
+                let steps = crn
+                    .pool()
+                    .running()
+                    .first()
+                    .map(|e| e.startup)
+                    .unwrap_or_default();
+                let in_vm = steps.vm + steps.agent + steps.app;
+                println!(
+                    "run {run}: CRN cold start {:>6.2} s  (message {:.3} s, prepare {:.3} s, VM running {:.2} s, agent up {:.2} s, app started {:.2} s; rest of the CRN {:.3} s)",
+                    elapsed.as_secs_f64(),
+                    steps.message.as_secs_f64(),
+                    steps.prepare.as_secs_f64(),
+                    steps.vm.as_secs_f64(),
+                    steps.agent.as_secs_f64(),
+                    steps.app.as_secs_f64(),
+                    elapsed.saturating_sub(in_vm).as_secs_f64(),
+                );
                 ours.push(elapsed);
                 crn.pool().stop(program, "bench").await;
             } else {
