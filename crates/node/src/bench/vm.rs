@@ -150,6 +150,9 @@ pub async fn run(args: Args) -> Result<()> {
     let mut ours = Vec::new();
     let mut bare = Vec::new();
     let mut ours_memory = None;
+    // QEMU's CPU time until the first answer: the work each side makes the host do,
+    // which a busy host's scheduling does not blur the way it blurs wall-clock time.
+    let (mut ours_cpu, mut bare_cpu) = (Vec::new(), Vec::new());
     let mut bare_memory = None;
     for run in 0..args.runs {
         // Alternate who goes first.
@@ -163,18 +166,25 @@ pub async fn run(args: Args) -> Result<()> {
             if is_ours {
                 let (elapsed, steps, usage) = bench.ours(run, measure_memory).await?;
                 println!(
-                    "run {run}: ours      {:>6.2} s  (VM running {:.2} s, agent up {:.2} s, app started {:.2} s)",
+                    "run {run}: ours      {:>6.2} s, QEMU CPU {:>6.2} s  (VM running {:.2} s, agent up {:.2} s, app started {:.2} s)",
                     elapsed.as_secs_f64(),
+                    steps[3].as_secs_f64(),
                     steps[0].as_secs_f64(),
                     steps[1].as_secs_f64(),
                     steps[2].as_secs_f64()
                 );
                 ours.push(elapsed);
+                ours_cpu.push(steps[3]);
                 ours_memory = ours_memory.or(usage);
             } else {
-                let (elapsed, usage) = bench.reference(run, measure_memory).await?;
-                println!("run {run}: reference {:>6.2} s", elapsed.as_secs_f64());
+                let (elapsed, cpu, usage) = bench.reference(run, measure_memory).await?;
+                println!(
+                    "run {run}: reference {:>6.2} s, QEMU CPU {:>6.2} s",
+                    elapsed.as_secs_f64(),
+                    cpu.as_secs_f64()
+                );
                 bare.push(elapsed);
+                bare_cpu.push(cpu);
                 bare_memory = bare_memory.or(usage);
             }
         }
@@ -186,6 +196,13 @@ pub async fn run(args: Args) -> Result<()> {
         ours_median.as_secs_f64(),
         bare_median.as_secs_f64(),
         ours_median.as_secs_f64() / bare_median.as_secs_f64()
+    );
+    let (ours_cpu, bare_cpu) = (median(&ours_cpu), median(&bare_cpu));
+    println!(
+        "QEMU CPU time until the first response, median: ours {:.2} s, reference {:.2} s, ratio {:.3}",
+        ours_cpu.as_secs_f64(),
+        bare_cpu.as_secs_f64(),
+        ours_cpu.as_secs_f64() / bare_cpu.as_secs_f64()
     );
     for (name, usage) in [("ours", ours_memory), ("reference", bare_memory)] {
         if let Some(u) = usage {
@@ -218,7 +235,7 @@ impl Bench<'_> {
         &self,
         run: usize,
         measure_memory: bool,
-    ) -> Result<(Duration, [Duration; 3], Option<MemoryUsage>)> {
+    ) -> Result<(Duration, [Duration; 4], Option<MemoryUsage>)> {
         let spec = VmSpec {
             vcpus: self.args.vcpus,
             memory_mib: self.args.memory_mib,
@@ -275,6 +292,7 @@ impl Bench<'_> {
         );
         let body = response.into_body().collect().await?.to_bytes();
         let elapsed = started.elapsed();
+        let cpu = memory::cpu_time(vm.pid()).unwrap_or_default();
         ensure!(
             body == EXPECTED.as_bytes(),
             "unexpected answer {:?}",
@@ -292,7 +310,7 @@ impl Bench<'_> {
         });
         stop(vm.as_ref(), Some(shutdown), StopTimeouts::default()).await;
         drop(guard);
-        Ok((elapsed, [running, agent_up, app_started], usage))
+        Ok((elapsed, [running, agent_up, app_started, cpu], usage))
     }
 
     /// The bare reference: the same machine, a shell init, uvicorn on a forwarded port.
@@ -300,20 +318,21 @@ impl Bench<'_> {
         &self,
         run: usize,
         measure_memory: bool,
-    ) -> Result<(Duration, Option<MemoryUsage>)> {
+    ) -> Result<(Duration, Duration, Option<MemoryUsage>)> {
         let (mut child, _, elapsed) = self
             .start_reference(&self.work.join(format!("reference-{run}")))
             .await?;
+        let pid = child.id().context("reference pid")?;
+        let cpu = memory::cpu_time(pid).unwrap_or_default();
         let usage = if measure_memory {
             tokio::time::sleep(Duration::from_secs(self.args.idle_seconds)).await;
-            let pid = child.id().context("reference pid")?;
             Some(memory::usage(pid, self.args.memory_mib)?)
         } else {
             None
         };
         child.start_kill()?;
         child.wait().await?;
-        Ok((elapsed, usage))
+        Ok((elapsed, cpu, usage))
     }
 
     /// Starts the reference in `folder` and waits for its first answer; returns the

@@ -1,4 +1,4 @@
-//! What a QEMU process costs the host in memory, apart from the guest's own RAM.
+//! What a QEMU process costs the host: memory apart from the guest's own RAM, CPU time.
 //!
 //! The guest's RAM is one anonymous mapping the size of `-m`; whatever of it is resident
 //! is memory the guest touched (and would cost under any hypervisor). The rest of the
@@ -23,6 +23,20 @@ pub struct MemoryUsage {
 pub fn usage(pid: u32, guest_ram_mib: u32) -> std::io::Result<MemoryUsage> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
     Ok(parse(&smaps, guest_ram_mib as u64 * 1024))
+}
+
+/// CPU time the process has used so far (user and system, all its threads).
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces);
+    // utime and stime are the 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()??
+        .max(1) as u64;
+    Some(std::time::Duration::from_millis(ticks * 1000 / per_second))
 }
 
 #[derive(Default)]
@@ -84,6 +98,14 @@ fn parse(smaps: &str, guest_ram_kib: u64) -> MemoryUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_our_own_cpu_time() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {}
+        let used = cpu_time(std::process::id()).expect("our own stat");
+        assert!(used >= std::time::Duration::from_millis(40), "{used:?}");
+    }
 
     #[test]
     fn separates_the_guest_ram_from_the_rest() {
