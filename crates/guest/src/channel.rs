@@ -129,9 +129,12 @@ pub async fn serve(path: &Path, agent: Arc<Agent>) -> Result<()> {
         .adaptive_window(true)
         .max_send_buf_size(1 << 20);
     loop {
-        // Nothing to read but EOF until a host connects; wait for it rather than spin.
+        // Nothing to read but EOF until a host connects, and poll() cannot wait for
+        // POLLHUP to clear: check, backing off so that a VM left alone stays idle.
+        let mut pause = Duration::from_millis(2);
         while !host_connected(&port) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
         // SAFETY: an `OwnedFd` stays open, and is the same descriptor, for as long as
         // the `AsyncFd` that owns it.

@@ -68,7 +68,9 @@ pub fn modules_archive(selected: &[Selected]) -> Result<Vec<u8>> {
     let mut archive = Archive::new();
     archive.dir("lib")?;
     archive.dir(MODULES_DIR)?;
-    let mut order = String::from("# <stage> <file>, dependencies first\n");
+    // `<stage> <file>` per line, dependencies first; no comment line, so that a shell
+    // `while read stage file` loop (the benchmark's bare reference) can read it too.
+    let mut order = String::new();
     for module in selected {
         let data = std::fs::read(&module.path)
             .with_context(|| format!("reading {}", module.path.display()))?;
@@ -157,7 +159,7 @@ mod tests {
         assert_eq!(find("lib/modules/virtio.ko").2, b"module bytes");
         assert_eq!(
             String::from_utf8(find("lib/modules/order").2.clone()).unwrap(),
-            "# <stage> <file>, dependencies first\nboot virtio.ko\nlate failover.ko\n"
+            "boot virtio.ko\nlate failover.ko\n"
         );
     }
 }

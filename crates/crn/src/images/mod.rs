@@ -30,6 +30,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use store::{Blob, InitramfsEntry, KernelEntry, Manifest, RuntimeEntry, Store};
 
+/// Bumped whenever the modules archive changes (its plan file's format, say).
+const MODULES_LAYOUT: u32 = 2;
+
 /// Bumped whenever the initramfs layout changes (see `crates/guest/src/paths.rs`).
 const INITRAMFS_FORMAT: u32 = 1;
 
@@ -189,7 +192,7 @@ async fn kernel_images(
     };
     // The module choice is part of what a cached kernel stands for.
     let modules_key = format!(
-        " modules={}+{}",
+        " modules={}+{} layout={MODULES_LAYOUT}",
         modules::BOOT_MODULES.join(","),
         modules::LATE_MODULES.join(",")
     );
