@@ -69,7 +69,7 @@ trap cleanup EXIT
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     fail "port $PORT is already in use: stop what listens there or set ALEPH_COMPAT_PORT"
 fi
-"$node" devnet --data-dir "$work/devnet" --ccn-port "$PORT" >"$work/devnet.out" 2>"$work/devnet.log" &
+"$node" devnet --data-dir "$work/devnet" --ccn-port "$PORT" --no-crn >"$work/devnet.out" 2>"$work/devnet.log" &
 devnet_pid=$!
 for _ in $(seq 1 600); do
     [[ -f "$work/devnet/devnet.json" ]] && break
