@@ -184,7 +184,12 @@ impl Pool {
                 entries.insert(hash, Entry::Running(slot.clone()));
             }
             Err(e) => {
-                tracing::warn!("program {hash} did not start: {e}");
+                // A reference to nothing is the client's business, not the node's.
+                if matches!(e, ProgramError::NotFound(_) | ProgramError::BadReference(_)) {
+                    tracing::debug!("program {hash} did not start: {e}");
+                } else {
+                    tracing::warn!("program {hash} did not start: {e}");
+                }
                 entries.remove(&hash);
             }
         }
@@ -355,14 +360,33 @@ impl Pool {
         drop(in_flight);
         match answer {
             Ok(Ok(response)) => Ok((response, execution)),
-            Err(_) => Err(ProgramError::Timeout(timeout)),
+            Err(_) => {
+                self.check_channel(&execution).await;
+                Err(ProgramError::Timeout(timeout))
+            }
             Ok(Err(e)) => {
                 // A VM that died is replaced on the next request.
                 if execution.vm().status().await == VmStatus::Exited {
                     self.stop(&execution.program.item_hash, "exited").await;
+                } else {
+                    self.check_channel(&execution).await;
                 }
                 Err(ProgramError::NoAnswer(format!("the program's VM did not answer: {e}")))
             }
+        }
+    }
+
+    /// After a request failed: if the agent does not answer its health route either,
+    /// the channel session is stuck (not the app slow), so drop it; the next request
+    /// opens a new one instead of waiting on the dead one.
+    async fn check_channel(&self, execution: &Execution) {
+        let probe = tokio::time::timeout(Duration::from_secs(3), execution.channel().health()).await;
+        if !matches!(probe, Ok(Ok(_))) {
+            tracing::warn!(
+                "the channel to execution {} does not answer: opening a new session",
+                execution.id
+            );
+            execution.channel().disconnect().await;
         }
     }
 
