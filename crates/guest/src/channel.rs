@@ -25,7 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// virtio-serial device has announced it.
 pub async fn find_port() -> PathBuf {
     let by_name = Path::new("/dev/virtio-ports").join(AGENT_PORT_NAME);
-    let mut waited = Duration::ZERO;
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(2);
+    let mut warned = false;
     loop {
         if by_name.exists() {
             return by_name;
@@ -33,10 +35,15 @@ pub async fn find_port() -> PathBuf {
         if let Some(path) = port_from_sysfs(Path::new("/sys/class/virtio-ports")) {
             return path;
         }
-        let step = Duration::from_millis(2);
-        tokio::time::sleep(step).await;
-        waited += step;
-        if waited == Duration::from_secs(10) {
+        // Normally there within milliseconds; a VM without the port must not spin.
+        tokio::time::sleep(pause).await;
+        pause = if started.elapsed() < Duration::from_secs(2) {
+            (pause * 2).min(Duration::from_millis(10))
+        } else {
+            Duration::from_millis(100)
+        };
+        if !warned && started.elapsed() > Duration::from_secs(10) {
+            warned = true;
             syslog!("still waiting for the {AGENT_PORT_NAME} port");
         }
     }
