@@ -110,7 +110,11 @@ impl AgentChannel {
                 Ok(response) => return Ok(response),
                 Err(mut e) => {
                     let unsent = e.take_message();
-                    self.sessions.discard(generation).await;
+                    // A stream's own failure (reset by the agent, a body error) leaves
+                    // the session to the other requests; only a dead one is replaced.
+                    if sender.is_closed() {
+                        self.sessions.discard(generation).await;
+                    }
                     match unsent {
                         Some(back) if attempts < 3 => request = back,
                         _ => return Err(ChannelError::Session(e.into_error())),

@@ -4,7 +4,8 @@
 //! knowledge on it, one session per host connection. Requests are multiplexed as
 //! streams of the current session. When the session ends (the VM restarted its agent,
 //! QEMU reopened the chardev, or this supervisor is a new one), the next request opens
-//! a new session.
+//! a new session. QEMU's chardev serves one client at a time, so a new session is opened
+//! only once the previous one is closed.
 
 use super::{ChannelError, RequestBody};
 use crate::hypervisor::ChannelEndpoint;
