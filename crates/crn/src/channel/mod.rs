@@ -449,4 +449,49 @@ mod tests {
         assert_eq!(sessions.load(Ordering::SeqCst), 2);
         server.abort();
     }
+
+    /// The far end hangs up (a VM's QEMU reopening its chardev, say): the next request
+    /// finds the session closed and opens a new one by itself.
+    #[tokio::test]
+    async fn a_session_closed_by_the_far_end_is_replaced() {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let mut served = 0u32;
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                served += 1;
+                let session = served;
+                let service =
+                    hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            format!("session {session}"),
+                        ))))
+                    });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                // Serve a moment, then drop the connection: the socket closes under the client.
+                let _ = tokio::time::timeout(Duration::from_millis(300), connection).await;
+            }
+        });
+        let channel = AgentChannel::new(ChannelEndpoint::UnixStream(path));
+        let body = |response: Response<Incoming>| async move {
+            response.into_body().collect().await.unwrap().to_bytes()
+        };
+        let first = channel
+            .forward(Request::get("/").body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(body(first).await, "session 1");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let second = channel
+            .forward(Request::get("/").body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(body(second).await, "session 2");
+        server.abort();
+    }
 }
