@@ -1,11 +1,16 @@
 //! Content-addressed files on disk: `files/<first two hex>/<sha256 hex>`.
 //! Uploads are written to a temporary file while hashed, then renamed into place,
-//! so a file at its hash's path is always complete.
+//! so a file at its hash's path is always complete. `Ccn::keep_file` is the one
+//! step that moves a received file into place and records it in the `files`
+//! table; `Ccn::add_local_file` stores a file of the operator's machine.
 
+use crate::Ccn;
+use crate::store::files::{self as records, FileRecord};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest file accepted without a signed STORE message.
 pub const MAX_UNAUTHENTICATED_FILE_SIZE: u64 = 25 * 1024 * 1024;
@@ -157,6 +162,74 @@ impl IncomingFile {
     pub async fn abort(self) {
         drop(self.file);
         tokio::fs::remove_file(&self.path).await.ok();
+    }
+}
+
+/// The `kind` of uploaded bytes in the `files` table.
+pub const KIND_FILE: &str = "file";
+/// The `kind` of a document stored by `add_json`.
+pub const KIND_JSON: &str = "json";
+
+impl Ccn {
+    /// Moves a received file to its hash's path and records it in the `files`
+    /// table, under the writer lock; returns whether it was new. Every way a file
+    /// enters the node (`add_file`, `add_json`, `add_local_file`) ends here.
+    pub(crate) async fn keep_file(
+        &self,
+        received: &ReceivedFile,
+        kind: &str,
+    ) -> anyhow::Result<bool> {
+        let size = i64::try_from(received.size).context("file too large")?;
+        let _writer = self.write_lock().await;
+        let new = match self.files.commit(received).await {
+            Ok(new) => new,
+            Err(e) => {
+                FileStore::discard(received).await;
+                return Err(e).context("cannot move the file into the store");
+            }
+        };
+        records::upsert(
+            &self.db.pool,
+            &FileRecord {
+                file_hash: received.hash.clone(),
+                size,
+                kind: kind.into(),
+            },
+            crate::intake::now(),
+        )
+        .await
+        .context("cannot record the file")?;
+        Ok(new)
+    }
+
+    /// Copies a file of this machine into the store, streaming and hashing it,
+    /// and records it exactly as an upload (`add_file` without a STORE); returns
+    /// its sha256. For the operator, so there is no size limit: a devnet's
+    /// runtime can outgrow what `add_file` accepts. A STORE naming the hash can
+    /// follow.
+    pub async fn add_local_file(&self, path: &Path) -> anyhow::Result<String> {
+        let mut source = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let mut incoming = self.files.begin().await?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = match source.read(&mut buffer).await {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(e) => {
+                    incoming.abort().await;
+                    return Err(e).with_context(|| format!("cannot read {}", path.display()));
+                }
+            };
+            if let Err(e) = incoming.write(&buffer[..read]).await {
+                incoming.abort().await;
+                return Err(e).context("cannot write into the file store");
+            }
+        }
+        let received = incoming.finish().await?;
+        self.keep_file(&received, KIND_FILE).await?;
+        Ok(received.hash)
     }
 }
 

@@ -12,6 +12,7 @@ on_both_backends!(
     store_rejected_with_its_file_keeps_nothing,
     store_after_file_is_processed,
     file_lookups_by_message_ref_and_owner,
+    local_file_is_stored_as_an_upload,
 );
 
 async fn upload_and_download(node: TestNode) {
@@ -296,4 +297,75 @@ async fn file_lookups_by_message_ref_and_owner(node: TestNode) {
         ))
         .await;
     assert_eq!(status, 404);
+}
+
+/// `Ccn::add_local_file`: the operator's way in, with no size limit, recorded as
+/// an upload; a STORE naming the file is then processed.
+async fn local_file_is_stored_as_an_upload(node: TestNode) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runtime.squashfs");
+    let bytes = b"a local runtime".to_vec();
+    std::fs::write(&path, &bytes).unwrap();
+    let before = node.rows().await;
+
+    let hash = node.ccn().add_local_file(&path).await.unwrap();
+    assert_eq!(hash, sha256_hex(&bytes));
+    let response = node
+        .http
+        .get(node.url(&format!("/api/v0/storage/raw/{hash}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    let record = aleph_ccn::store::files::get(&node.ccn().db.pool, &hash)
+        .await
+        .unwrap()
+        .expect("the file is recorded");
+    assert_eq!(record.size, bytes.len() as i64);
+    assert_eq!(record.kind, "file");
+    // Again: the same hash, one file.
+    assert_eq!(node.ccn().add_local_file(&path).await.unwrap(), hash);
+    assert_eq!(node.rows().await.files, before.files + 1);
+
+    let alice = Wallet::random();
+    let store = alice.store(&hash);
+    node.accept(&store).await;
+    let (_, got) = node
+        .get_json(&format!(
+            "/api/v0/messages/{}",
+            store["item_hash"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(got["message"]["content"]["size"], bytes.len());
+
+    // Past the largest upload (a sparse file: zeros, cheap to write and read).
+    let big_path = dir.path().join("big");
+    let big_size = aleph_ccn::files::MAX_AUTHENTICATED_FILE_SIZE + 1;
+    std::fs::File::create(&big_path)
+        .unwrap()
+        .set_len(big_size)
+        .unwrap();
+    let big = node.ccn().add_local_file(&big_path).await.unwrap();
+    let head = node
+        .http
+        .head(node.url(&format!("/api/v0/storage/raw/{big}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        big_size.to_string().as_str()
+    );
+
+    // A missing file, or one that fails while read (a directory opens but
+    // cannot be read), is an error and leaves nothing behind.
+    let rows = node.rows().await;
+    for path in [dir.path().join("missing"), dir.path().to_path_buf()] {
+        assert!(node.ccn().add_local_file(&path).await.is_err(), "{path:?}");
+    }
+    assert_eq!(node.rows().await, rows);
+    let temp = node.ccn().files.root().join("tmp");
+    assert_eq!(std::fs::read_dir(temp).unwrap().count(), 0);
 }

@@ -5,11 +5,12 @@ use super::{State, body, messages::outcome_response};
 use crate::Ccn;
 use crate::error::{ApiError, code};
 use crate::files::{
-    FileStore, MAX_AUTHENTICATED_FILE_SIZE, MAX_UNAUTHENTICATED_FILE_SIZE, ReceivedFile,
+    FileStore, KIND_FILE, KIND_JSON, MAX_AUTHENTICATED_FILE_SIZE, MAX_UNAUTHENTICATED_FILE_SIZE,
+    ReceivedFile,
 };
 use crate::intake::Outcome;
 use crate::intake::envelope::ItemType;
-use crate::store::files::{self, FileRecord};
+use crate::store::files;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Request};
@@ -35,24 +36,7 @@ fn too_large(limit: u64, signed: bool) -> ApiError {
     ))
 }
 
-/// Records a received file and moves it into the store; returns whether it was new.
-async fn keep(ccn: &Ccn, received: &ReceivedFile, kind: &str) -> Result<bool, ApiError> {
-    let _writer = ccn.write_lock().await;
-    let new = ccn.files.commit(received).await?;
-    files::upsert(
-        &ccn.db.pool,
-        &FileRecord {
-            file_hash: received.hash.clone(),
-            size: received.size as i64,
-            kind: kind.into(),
-        },
-        crate::intake::now(),
-    )
-    .await?;
-    Ok(new)
-}
-
-/// Undoes `keep` for a file that only a rejected STORE wanted.
+/// Undoes `Ccn::keep_file` for a file that only a rejected STORE wanted.
 async fn forget_new_file(ccn: &Ccn, hash: &str) {
     let _writer = ccn.write_lock().await;
     if let Err(e) = files::delete(&ccn.db.pool, hash).await {
@@ -74,7 +58,7 @@ pub async fn add_file(
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     if !is_multipart {
         let received = receive_raw(&ccn.files, request.into_body()).await?;
-        keep(&ccn, &received, "file").await?;
+        ccn.keep_file(&received, KIND_FILE).await?;
         return Ok(Json(json!({"status": "success", "hash": received.hash})).into_response());
     }
     let mut multipart = Multipart::from_request(request, &())
@@ -147,7 +131,7 @@ pub async fn add_file(
             FileStore::discard(&received).await;
             return Err(too_large(MAX_UNAUTHENTICATED_FILE_SIZE, false));
         }
-        keep(&ccn, &received, "file").await?;
+        ccn.keep_file(&received, KIND_FILE).await?;
         return Ok(Json(json!({"status": "success", "hash": received.hash})).into_response());
     };
     match store_with_message(&ccn, &received, &metadata).await {
@@ -204,7 +188,7 @@ async fn store_with_message(
         ))
         .with_code(code::FORMAT));
     }
-    let new = keep(ccn, received, "file").await?;
+    let new = ccn.keep_file(received, KIND_FILE).await?;
     let outcome = ccn.submit(message, sync).await;
     if let Outcome::Rejected(_) = &outcome
         && new
@@ -249,7 +233,7 @@ pub async fn add_json(
     let bytes = body::read_limited(request, MAX_UNAUTHENTICATED_FILE_SIZE as usize).await?;
     body::parse_json(&bytes)?;
     let received = ccn.files.put(&bytes).await?;
-    keep(&ccn, &received, "json").await?;
+    ccn.keep_file(&received, KIND_JSON).await?;
     Ok(Json(json!({"status": "success", "hash": received.hash})).into_response())
 }
 

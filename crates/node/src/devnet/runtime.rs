@@ -4,10 +4,10 @@
 //! naming that STORE as the default, both under the devnet's first account.
 //! `aleph program upload` reads that aggregate when no `--runtime` is given.
 //!
-//! The file goes into the CCN's store by a library call, not over HTTP: the CCN
-//! runs in this process, and a runtime can outgrow the 100 MiB upload limit.
+//! The file goes into the CCN's store by a library call (`Ccn::add_local_file`,
+//! recorded as an upload is), not over HTTP: the CCN runs in this process, and a
+//! runtime can outgrow the 100 MiB upload limit.
 
-use aleph_ccn::store::files::{self, FileRecord};
 use aleph_ccn::{CcnHandle, Outcome};
 use aleph_types::account::{EvmAccount, sign_message};
 use aleph_types::chain::Chain;
@@ -19,7 +19,6 @@ use aleph_types::timestamp::Timestamp;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 use std::path::Path;
-use tokio::io::AsyncReadExt;
 
 /// The aggregate key clients read the runtimes from.
 pub const VM_IMAGES_KEY: &str = "vm-images";
@@ -35,7 +34,11 @@ pub async fn publish(ccn: &CcnHandle, private_key: &str, squashfs: &Path) -> Res
     let address = aleph_types::account::Account::address(&account)
         .as_str()
         .to_owned();
-    let file_hash = add_file(ccn, squashfs).await?;
+    let file_hash = ccn
+        .ccn()
+        .add_local_file(squashfs)
+        .await
+        .context("storing the runtime on the CCN")?;
 
     if let Some(store_hash) = current_store(ccn, &address, &file_hash).await {
         return Ok(store_hash);
@@ -56,42 +59,6 @@ pub async fn publish(ccn: &CcnHandle, private_key: &str, squashfs: &Path) -> Res
     let aggregate = sign(&account, MessageType::Aggregate, images)?;
     submit(ccn, aggregate, "the vm-images aggregate").await?;
     Ok(store_hash)
-}
-
-/// Copies the file into the CCN's content-addressed store (hashing it on the
-/// way) and records it, as an upload would; returns its sha256.
-async fn add_file(ccn: &CcnHandle, path: &Path) -> Result<String> {
-    let node = ccn.ccn();
-    let mut source = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut incoming = node.files.begin().await?;
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = source.read(&mut buffer).await?;
-        if read == 0 {
-            break;
-        }
-        incoming.write(&buffer[..read]).await?;
-    }
-    let received = incoming.finish().await?;
-    let _writer = node.write_lock().await;
-    node.files.commit(&received).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    files::upsert(
-        &node.db.pool,
-        &FileRecord {
-            file_hash: received.hash.clone(),
-            size: i64::try_from(received.size).context("runtime too large")?,
-            kind: "file".into(),
-        },
-        now,
-    )
-    .await?;
-    Ok(received.hash)
 }
 
 /// The STORE the `vm-images` aggregate of `address` already names as its
