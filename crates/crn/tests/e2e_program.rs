@@ -47,7 +47,7 @@ const RAISES: &str = "raise RuntimeError('this app refuses to start')\n";
 
 struct Setup {
     images_dir: PathBuf,
-    runtime: Vec<u8>,
+    runtime: PathBuf,
 }
 
 fn setup() -> Option<Setup> {
@@ -80,10 +80,9 @@ fn setup() -> Option<Setup> {
             images_dir.display()
         ));
     };
-    let runtime = std::fs::read(&images.python_runtime).expect("reading the runtime");
     Some(Setup {
         images_dir,
-        runtime,
+        runtime: images.python_runtime,
     })
 }
 
@@ -161,16 +160,18 @@ impl Network {
         item_hash
     }
 
-    /// Puts a file in the CCN's store through its library (the runtime is larger than
-    /// the HTTP upload limit), then posts its STORE; returns the STORE's hash.
+    /// Writes `bytes` to a file and stores it; see [`Network::store_file`].
     async fn store(&self, bytes: &[u8], reference: Option<&str>) -> String {
-        let ccn = self.ccn.ccn();
-        let received = ccn.files.put(bytes).await.unwrap();
-        {
-            let _writer = ccn.write_lock().await;
-            ccn.files.commit(&received).await.unwrap();
-        }
-        let mut content = json!({"item_type": "storage", "item_hash": received.hash});
+        let path = self._dir.path().join(sha256_hex(bytes));
+        std::fs::write(&path, bytes).unwrap();
+        self.store_file(&path, reference).await
+    }
+
+    /// Adds a file to the CCN's store through its library (the runtime may be larger
+    /// than the HTTP upload limit), then posts its STORE; returns the STORE's hash.
+    async fn store_file(&self, path: &Path, reference: Option<&str>) -> String {
+        let file_hash = self.ccn.ccn().add_local_file(path).await.unwrap();
+        let mut content = json!({"item_type": "storage", "item_hash": file_hash});
         if let Some(reference) = reference {
             content["ref"] = json!(reference);
         }
@@ -287,7 +288,7 @@ impl Drop for KillVms {
 async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     let Some(setup) = setup() else { return };
     let network = Network::start().await;
-    let runtime = network.store(&setup.runtime, None).await;
+    let runtime = network.store_file(&setup.runtime, None).await;
     let code = network
         .store(&zip_of(&[("main.py", HELLO)]), None)
         .await;
@@ -451,7 +452,7 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
 async fn broken_programs_give_the_documented_errors() {
     let Some(setup) = setup() else { return };
     let network = Network::start().await;
-    let runtime = network.store(&setup.runtime, None).await;
+    let runtime = network.store_file(&setup.runtime, None).await;
     let raises = network.store(&zip_of(&[("main.py", RAISES)]), None).await;
     let escapes = network
         .store(&zip_of(&[("main.py", HELLO), ("../evil.py", "x = 1\n")]), None)
@@ -499,7 +500,7 @@ async fn broken_programs_give_the_documented_errors() {
 async fn diagnostic_check_idle_stop_admission_and_draining() {
     let Some(setup) = setup() else { return };
     let network = Network::start().await;
-    let runtime = network.store(&setup.runtime, None).await;
+    let runtime = network.store_file(&setup.runtime, None).await;
     let code = network
         .store(&zip_of(&[("main.py", include_str!("../diagnostic/main.py"))]), None)
         .await;

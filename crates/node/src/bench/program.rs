@@ -165,7 +165,6 @@ pub async fn run(args: Args) -> Result<()> {
         &reference_initramfs,
         vm::reference_initramfs_bytes(&images, &machine.busybox)?,
     )?;
-    let runtime = std::fs::read(&images.runtime).context("reading the runtime")?;
     let images_dir = machine
         .data_dir
         .clone()
@@ -208,18 +207,15 @@ pub async fn run(args: Args) -> Result<()> {
     })
     .await?;
     let http = reqwest::Client::new();
+    let code = work.path().join("main.py");
+    std::fs::write(&code, APP)?;
     let mut stores = Vec::new();
-    for bytes in [runtime.as_slice(), APP.as_bytes()] {
-        // The runtime is over the HTTP upload limit: into the file store directly.
-        let received = ccn.ccn().files.put(bytes).await?;
-        {
-            let _writer = ccn.ccn().write_lock().await;
-            ccn.ccn().files.commit(&received).await?;
-        }
-        let content = json!({"item_type": "storage", "item_hash": received.hash});
+    for file in [&images.runtime, &code] {
+        // The runtime may be over the HTTP upload limit: into the file store directly.
+        let hash = ccn.ccn().add_local_file(file).await?;
+        let content = json!({"item_type": "storage", "item_hash": hash});
         stores.push(post(&http, &ccn.url(), &account, "STORE", content).await?);
     }
-    drop(runtime);
     let program = post(
         &http,
         &ccn.url(),
