@@ -101,20 +101,13 @@ impl CrnConfig {
             let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"));
+            let text = toml::Value::String(value);
             // A value that reads as TOML (a number, a boolean) is taken as such unless
             // the field wants text: `ALEPH_CRN_DOMAIN=1234` is the text "1234".
-            let text = toml::Value::String(value.clone());
             let mut candidate = table.clone();
-            candidate.insert(field.clone(), parsed.unwrap_or_else(|| text.clone()));
-            if toml::Value::Table(candidate).try_into::<Self>().is_err() {
-                table.insert(field, text);
-            } else {
-                let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or(text);
-                table.insert(field, parsed);
-            }
+            candidate.insert(field.clone(), parsed.clone().unwrap_or_else(|| text.clone()));
+            let fits = toml::Value::Table(candidate).try_into::<Self>().is_ok();
+            table.insert(field, if fits { parsed.unwrap_or(text) } else { text });
         }
         toml::Value::Table(table)
             .try_into()
