@@ -4,7 +4,7 @@
 use crate::client::CcnClient;
 use crate::keystore::Keystore;
 use crate::output::Output;
-use crate::signing::Signer;
+use aleph_protocol::signing::Signer;
 use anyhow::{Result, bail};
 
 pub struct Context {
@@ -23,7 +23,7 @@ impl Context {
     /// keystore's default account.
     pub fn signer(&self) -> Result<Signer> {
         if let Some(key) = &self.private_key {
-            return Signer::from_hex(key);
+            return Ok(Signer::from_hex(key)?);
         }
         let store = Keystore::load()?;
         let stored = match &self.account {
@@ -38,7 +38,7 @@ impl Context {
                 ),
             },
         };
-        Signer::from_hex(&stored.private_key)
+        Ok(Signer::from_hex(&stored.private_key)?)
     }
 
     /// `address` when given, else the address of the signing key.

@@ -7,7 +7,6 @@ mod context;
 mod keystore;
 mod output;
 mod rejection;
-mod signing;
 
 use clap::{Parser, Subcommand};
 use client::CcnError;

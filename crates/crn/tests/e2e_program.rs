@@ -7,8 +7,8 @@
 
 use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
 use aleph_crn::{CrnConfig, CrnHandle};
-use aleph_types::account::{Account, EvmAccount};
-use aleph_types::chain::Chain;
+use aleph_protocol::signing::Signer;
+use aleph_types::message::MessageType;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -86,13 +86,6 @@ fn setup() -> Option<Setup> {
     })
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -100,22 +93,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// A funded account on the in-process CCN, posting signed messages over HTTP.
 struct Network {
     ccn: CcnHandle,
-    account: EvmAccount,
+    signer: Signer,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Network {
     async fn start() -> Self {
-        let key: [u8; 32] = rand::random();
-        let account = EvmAccount::new(Chain::Ethereum, &key).unwrap();
+        let (signer, _) = Signer::generate();
         let dir = tempfile::tempdir().unwrap();
         let ccn = aleph_ccn::start(CcnConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("ccn"),
             database_url: None,
             funded: vec![FundedAccount {
-                address: account.address().to_string(),
+                address: signer.address().to_owned(),
                 balance: 1_000_000.0,
                 credit_balance: 1_000_000_000,
             }],
@@ -124,29 +116,18 @@ impl Network {
         .unwrap();
         Self {
             ccn,
-            account,
+            signer,
             http: reqwest::Client::new(),
             _dir: dir,
         }
     }
 
-    fn address(&self) -> String {
-        self.account.address().to_string()
-    }
-
     /// Posts a signed inline message and expects it processed; returns its hash.
-    async fn post(&self, message_type: &str, mut content: Value) -> String {
-        content["address"] = json!(self.address());
-        content["time"] = json!(now());
-        let item_content = serde_json::to_string(&content).unwrap();
-        let item_hash = sha256_hex(item_content.as_bytes());
-        let buffer = format!("ETH\n{}\n{message_type}\n{item_hash}", self.address());
-        let signature = self.account.sign_raw(buffer.as_bytes()).unwrap();
-        let message = json!({
-            "chain": "ETH", "sender": self.address(), "type": message_type, "channel": "TEST",
-            "item_type": "inline", "item_content": item_content, "item_hash": item_hash,
-            "time": now(), "signature": signature.as_str(),
-        });
+    async fn post(&self, message_type: MessageType, content: Value) -> String {
+        let message = self
+            .signer
+            .sign(message_type, content, Some("TEST"))
+            .unwrap();
         let response = self
             .http
             .post(format!("{}/api/v0/messages", self.ccn.url()))
@@ -157,7 +138,7 @@ impl Network {
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 200, "{message_type} not accepted: {body}");
-        item_hash
+        message.item_hash.to_string()
     }
 
     /// Writes `bytes` to a file and stores it; see [`Network::store_file`].
@@ -175,7 +156,7 @@ impl Network {
         if let Some(reference) = reference {
             content["ref"] = json!(reference);
         }
-        self.post("STORE", content).await
+        self.post(MessageType::Store, content).await
     }
 
     async fn program(&self, runtime: &str, code: &str, seconds: u32) -> String {
@@ -185,7 +166,7 @@ impl Network {
 
     async fn program_with(&self, runtime: &str, code: &str, resources: Value) -> String {
         self.post(
-            "PROGRAM",
+            MessageType::Program,
             json!({
                 "type": "vm-function", "allow_amend": false,
                 "code": {"encoding": "zip", "entrypoint": "main:app", "ref": code, "use_latest": true},

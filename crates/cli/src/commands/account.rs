@@ -2,7 +2,7 @@
 
 use crate::context::Context;
 use crate::keystore::{Keystore, StoredAccount};
-use crate::signing::Signer;
+use aleph_protocol::signing::Signer;
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -38,7 +38,7 @@ pub enum AccountCommand {
 pub async fn run(ctx: &Context, command: AccountCommand) -> Result<()> {
     match command {
         AccountCommand::Create { name, default } => {
-            let (signer, private_key) = Signer::generate()?;
+            let (signer, private_key) = Signer::generate();
             store(ctx, name, &signer, private_key, default)
         }
         AccountCommand::Import { name, key, default } => {

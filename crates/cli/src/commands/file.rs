@@ -2,7 +2,7 @@
 
 use crate::client::{CcnClient, CcnError};
 use crate::context::Context;
-use crate::signing::Signer;
+use aleph_protocol::signing::Signer;
 use aleph_types::item_hash::AlephItemHash;
 use aleph_types::message::execution::base::Payment;
 use aleph_types::message::{MessageType, RawFileRef, StorageBackend, StoreContent};
@@ -134,7 +134,7 @@ pub async fn store(
         None,
         Some(payment),
     );
-    let message = signer.sign(MessageType::Store, super::to_object(&store)?, channel)?;
+    let message = signer.sign(MessageType::Store, &store, channel.as_deref())?;
 
     let progress = ctx.out.progress(Some(size), "uploading");
     let answer = client.upload_file(path, &message, &progress).await;

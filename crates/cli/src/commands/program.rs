@@ -12,7 +12,7 @@ use super::publish;
 use crate::archive;
 use crate::client::CcnClient;
 use crate::context::Context;
-use crate::signing::Signer;
+use aleph_protocol::signing::Signer;
 use aleph_types::item_hash::ItemHash;
 use aleph_types::message::execution::base::{Encoding, ExecutableContent, Payment};
 use aleph_types::message::execution::environment::{

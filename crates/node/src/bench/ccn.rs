@@ -3,12 +3,11 @@
 //! signature-verification rate as the baseline.
 
 use aleph_ccn::{CcnConfig, CcnOptions};
-use aleph_types::account::{Account, EvmAccount};
-use aleph_types::chain::Chain;
+use aleph_protocol::signing::Signer;
+use aleph_types::message::MessageType;
+use aleph_types::timestamp::Timestamp;
 use anyhow::{Context, Result, ensure};
-use rand::RngCore;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,22 +25,15 @@ pub struct Args {
     database_url: Option<String>,
 }
 
-fn signed_post(account: &EvmAccount, index: usize) -> Value {
-    let content = json!({
-        "address": account.address().as_str(),
-        "time": 1.7e9 + index as f64,
-        "type": "bench",
-        "content": {"index": index, "body": "x".repeat(200)},
-    });
-    let item_content = content.to_string();
-    let item_hash = hex::encode(Sha256::digest(item_content.as_bytes()));
-    let buffer = format!("ETH\n{}\nPOST\n{item_hash}", account.address());
-    let signature = account.sign_raw(buffer.as_bytes()).expect("signing");
-    json!({
-        "chain": "ETH", "sender": account.address().as_str(), "type": "POST",
-        "channel": "BENCH", "item_type": "inline", "item_content": item_content,
-        "item_hash": item_hash, "time": 1.7e9 + index as f64, "signature": signature.as_str(),
-    })
+/// A POST of about 200 bytes, its time fixed by `index` so the messages differ.
+fn signed_post(signer: &Signer, index: usize) -> Result<Value> {
+    let message = signer.sign_at(
+        MessageType::Post,
+        json!({"type": "bench", "content": {"index": index, "body": "x".repeat(200)}}),
+        Some("BENCH"),
+        Timestamp::from(1.7e9 + index as f64),
+    )?;
+    Ok(serde_json::to_value(&message)?)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -75,16 +67,10 @@ pub async fn run(args: Args) -> Result<()> {
         "SQLite"
     };
 
-    let accounts: Vec<EvmAccount> = (0..8)
-        .map(|_| {
-            let mut key = [0u8; 32];
-            rand::thread_rng().fill_bytes(&mut key);
-            EvmAccount::new(Chain::Ethereum, &key).expect("valid key")
-        })
-        .collect();
-    let messages: Vec<Value> = (0..args.messages)
-        .map(|i| signed_post(&accounts[i % accounts.len()], i))
-        .collect();
+    let signers: Vec<Signer> = (0..8).map(|_| Signer::generate().0).collect();
+    let messages = (0..args.messages)
+        .map(|i| signed_post(&signers[i % signers.len()], i))
+        .collect::<Result<Vec<Value>>>()?;
 
     // Baseline: the checks that need no database (envelope, hash, EIP-191
     // recovery), on one core, for the same messages.

@@ -23,13 +23,12 @@ use aleph_ccn::{CcnConfig, FundedAccount};
 use aleph_crn::CrnConfig;
 use aleph_crn::execution::prepare::BootImages;
 use aleph_crn::hypervisor::qemu::{QemuConfig, QemuDriver};
-use aleph_types::account::{Account, EvmAccount};
-use aleph_types::chain::Chain;
+use aleph_protocol::signing::Signer;
+use aleph_types::message::MessageType;
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -52,35 +51,15 @@ pub struct Args {
     throughput_seconds: u64,
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 /// Signs and posts an inline message to the in-process CCN; returns its hash.
 async fn post(
     http: &reqwest::Client,
     ccn: &str,
-    account: &EvmAccount,
-    message_type: &str,
-    mut content: Value,
+    signer: &Signer,
+    message_type: MessageType,
+    content: Value,
 ) -> Result<String> {
-    let address = account.address().to_string();
-    content["address"] = json!(address);
-    content["time"] = json!(now());
-    let item_content = serde_json::to_string(&content)?;
-    let item_hash = hex::encode(Sha256::digest(item_content.as_bytes()));
-    let buffer = format!("ETH\n{address}\n{message_type}\n{item_hash}");
-    let signature = account
-        .sign_raw(buffer.as_bytes())
-        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
-    let message = json!({
-        "chain": "ETH", "sender": address, "type": message_type, "channel": "BENCH",
-        "item_type": "inline", "item_content": item_content, "item_hash": item_hash,
-        "time": now(), "signature": signature.as_str(),
-    });
+    let message = signer.sign(message_type, content, Some("BENCH"))?;
     let response = http
         .post(format!("{ccn}/api/v0/messages"))
         .json(&json!({"sync": true, "message": message}))
@@ -89,7 +68,7 @@ async fn post(
     let status = response.status();
     let body: Value = response.json().await?;
     ensure!(status.is_success(), "{message_type} refused: {body}");
-    Ok(item_hash)
+    Ok(message.item_hash.to_string())
 }
 
 /// One GET that must answer the hello JSON; returns how long it took.
@@ -193,14 +172,13 @@ pub async fn run(args: Args) -> Result<()> {
     };
 
     // A CCN holding the runtime, the code and the PROGRAM; a CRN reading from it.
-    let key: [u8; 32] = rand::random();
-    let account = EvmAccount::new(Chain::Ethereum, &key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (signer, _) = Signer::generate();
     let ccn = aleph_ccn::start(CcnConfig {
         listen: "127.0.0.1:0".parse()?,
         data_dir: work.path().join("ccn"),
         database_url: None,
         funded: vec![FundedAccount {
-            address: account.address().to_string(),
+            address: signer.address().to_owned(),
             balance: 1e9,
             credit_balance: 0,
         }],
@@ -214,13 +192,13 @@ pub async fn run(args: Args) -> Result<()> {
         // The runtime may be over the HTTP upload limit: into the file store directly.
         let hash = ccn.ccn().add_local_file(file).await?;
         let content = json!({"item_type": "storage", "item_hash": hash});
-        stores.push(post(&http, &ccn.url(), &account, "STORE", content).await?);
+        stores.push(post(&http, &ccn.url(), &signer, MessageType::Store, content).await?);
     }
     let program = post(
         &http,
         &ccn.url(),
-        &account,
-        "PROGRAM",
+        &signer,
+        MessageType::Program,
         json!({
             "type": "vm-function", "allow_amend": false,
             "code": {"encoding": "plain", "entrypoint": "main:app", "ref": stores[1]},

@@ -9,15 +9,11 @@
 //! runtime can outgrow the 100 MiB upload limit.
 
 use aleph_ccn::{CcnHandle, Outcome};
-use aleph_types::account::{EvmAccount, sign_message};
-use aleph_types::chain::Chain;
-use aleph_types::item_hash::{AlephItemHash, ItemHash};
+use aleph_protocol::signing::Signer;
 use aleph_types::message::MessageType;
-use aleph_types::message::item_type::ItemType;
-use aleph_types::message::unsigned::UnsignedMessage;
-use aleph_types::timestamp::Timestamp;
+use aleph_types::message::pending::PendingMessage;
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::path::Path;
 
 /// The aggregate key clients read the runtimes from.
@@ -30,23 +26,20 @@ const RUNTIME_DISPLAY_NAME: &str = "Debian 12 with Python 3, FastAPI and uvicorn
 /// (`0x` + 64 hex). A devnet restarted on the same data keeps its runtime STORE
 /// when the file did not change. Returns the STORE's hash.
 pub async fn publish(ccn: &CcnHandle, private_key: &str, squashfs: &Path) -> Result<String> {
-    let account = account(private_key)?;
-    let address = aleph_types::account::Account::address(&account)
-        .as_str()
-        .to_owned();
+    let signer = Signer::from_hex(private_key).context("devnet key")?;
     let file_hash = ccn
         .ccn()
         .add_local_file(squashfs)
         .await
         .context("storing the runtime on the CCN")?;
 
-    if let Some(store_hash) = current_store(ccn, &address, &file_hash).await {
+    if let Some(store_hash) = current_store(ccn, signer.address(), &file_hash).await {
         return Ok(store_hash);
     }
-    let store = sign(
-        &account,
+    let store = signer.sign(
         MessageType::Store,
         json!({"item_type": "storage", "item_hash": file_hash, "payment": {"type": "credit"}}),
+        None,
     )?;
     let store_hash = submit(ccn, store, "the runtime's STORE").await?;
     let images = json!({
@@ -56,7 +49,7 @@ pub async fn publish(ccn: &CcnHandle, private_key: &str, squashfs: &Path) -> Res
             "defaults": {"runtime": RUNTIME_NAME},
         },
     });
-    let aggregate = sign(&account, MessageType::Aggregate, images)?;
+    let aggregate = signer.sign(MessageType::Aggregate, images, None)?;
     submit(ccn, aggregate, "the vm-images aggregate").await?;
     Ok(store_hash)
 }
@@ -91,40 +84,13 @@ async fn current_store(ccn: &CcnHandle, address: &str, file_hash: &str) -> Optio
         .then_some(store_hash)
 }
 
-fn account(private_key: &str) -> Result<EvmAccount> {
-    let key = hex::decode(private_key.trim_start_matches("0x")).context("devnet key")?;
-    EvmAccount::new(Chain::Ethereum, &key).map_err(|e| anyhow::anyhow!("devnet key: {e}"))
-}
-
-/// A signed inline message whose content is `content` plus `address` and `time`.
-fn sign(account: &EvmAccount, message_type: MessageType, content: Value) -> Result<Value> {
-    let time = Timestamp::now();
-    let mut full = Map::new();
-    full.insert(
-        "address".into(),
-        json!(aleph_types::account::Account::address(account).as_str()),
-    );
-    full.insert("time".into(), serde_json::to_value(&time)?);
-    let Value::Object(content) = content else {
-        bail!("message content must be an object");
-    };
-    full.extend(content);
-    let item_content = serde_json::to_string(&Value::Object(full))?;
-    let unsigned = UnsignedMessage {
-        message_type,
-        item_type: ItemType::Inline,
-        item_hash: ItemHash::Native(AlephItemHash::from_bytes(item_content.as_bytes())),
-        item_content,
-        time,
-        channel: None,
-    };
-    let message = sign_message(account, unsigned).context("signing")?;
-    Ok(serde_json::to_value(&message)?)
-}
-
 /// Processes a message on the CCN now; anything but processed is an error.
-async fn submit(ccn: &CcnHandle, message: Value, what: &str) -> Result<String> {
-    match ccn.ccn().submit(message, true).await {
+async fn submit(ccn: &CcnHandle, message: PendingMessage, what: &str) -> Result<String> {
+    match ccn
+        .ccn()
+        .submit(serde_json::to_value(&message)?, true)
+        .await
+    {
         Outcome::Processed(record) => Ok(record.item_hash),
         Outcome::Pending(r) | Outcome::Rejected(r) => {
             bail!(
