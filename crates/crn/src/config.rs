@@ -105,7 +105,10 @@ impl CrnConfig {
             // A value that reads as TOML (a number, a boolean) is taken as such unless
             // the field wants text: `ALEPH_CRN_DOMAIN=1234` is the text "1234".
             let mut candidate = table.clone();
-            candidate.insert(field.clone(), parsed.clone().unwrap_or_else(|| text.clone()));
+            candidate.insert(
+                field.clone(),
+                parsed.clone().unwrap_or_else(|| text.clone()),
+            );
             let fits = toml::Value::Table(candidate).try_into::<Self>().is_ok();
             table.insert(field, if fits { parsed.unwrap_or(text) } else { text });
         }
@@ -171,10 +174,8 @@ mod tests {
     #[test]
     fn unknown_fields_and_bad_values_are_errors() {
         assert!(toml::from_str::<CrnConfig>("idle_timout_seconds = 5").is_err());
-        let bad = CrnConfig::default().with_env([(
-            "ALEPH_CRN_IDLE_TIMEOUT_SECONDS".into(),
-            "soon".into(),
-        )]);
+        let bad = CrnConfig::default()
+            .with_env([("ALEPH_CRN_IDLE_TIMEOUT_SECONDS".into(), "soon".into())]);
         assert!(bad.is_err());
     }
 }

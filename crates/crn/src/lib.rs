@@ -1,12 +1,12 @@
 //! placeholder
-pub mod channel;
-pub mod hypervisor;
-pub mod images;
 pub mod about;
 pub mod api;
+pub mod channel;
 pub mod config;
 pub mod error;
 pub mod execution;
+pub mod hypervisor;
+pub mod images;
 pub mod pool;
 pub mod records;
 pub mod resources;

@@ -99,7 +99,9 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
     let resources = Resources::new(CcnClient::new(config.ccn_url()), &config.data_dir)?;
     let records = Records::open(&config.data_dir.join("records.sqlite")).await?;
     let memory = crate::about::total_memory_mib().saturating_sub(config.reserved_memory_mib);
-    let memory = config.max_program_memory_mib.map_or(memory, |max| max.min(memory));
+    let memory = config
+        .max_program_memory_mib
+        .map_or(memory, |max| max.min(memory));
     let admission = Admission::new(
         memory,
         crate::about::cpu_count() * u64::from(config.vcpu_overcommit),
@@ -164,7 +166,8 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
 
 async fn reap_idle(pool: Arc<Pool>, mut stop: watch::Receiver<bool>) {
     // Checking every quarter of the timeout keeps the overshoot small.
-    let period = (pool.config().idle_timeout() / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let period = (pool.config().idle_timeout() / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(30));
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return,

@@ -160,8 +160,12 @@ impl Network {
     }
 
     async fn program(&self, runtime: &str, code: &str, seconds: u32) -> String {
-        self.program_with(runtime, code, json!({"vcpus": 1, "memory": 384, "seconds": seconds}))
-            .await
+        self.program_with(
+            runtime,
+            code,
+            json!({"vcpus": 1, "memory": 384, "seconds": seconds}),
+        )
+        .await
     }
 
     async fn program_with(&self, runtime: &str, code: &str, resources: Value) -> String {
@@ -270,12 +274,13 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     let Some(setup) = setup() else { return };
     let network = Network::start().await;
     let runtime = network.store_file(&setup.runtime, None).await;
-    let code = network
-        .store(&zip_of(&[("main.py", HELLO)]), None)
-        .await;
+    let code = network.store(&zip_of(&[("main.py", HELLO)]), None).await;
     let program = network.program(&runtime, &code, 5).await;
 
-    let work = tempfile::Builder::new().prefix("crn-e2e-").tempdir_in("/tmp").unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("crn-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let data_dir = work.path().join("crn");
     let _kill = KillVms(data_dir.clone());
     let crn = start_crn(&network, &setup, &data_dir).await;
@@ -302,11 +307,20 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
         assert_eq!(answer.body, json!({"message": "Hello World"}));
         assert_eq!(answer.headers["aleph-program-itemhash"], program.as_str());
         assert_eq!(answer.headers["aleph-program-code-ref"], code.as_str());
-        assert!(answer.headers["server"].to_str().unwrap().starts_with("aleph-crn/"));
+        assert!(
+            answer.headers["server"]
+                .to_str()
+                .unwrap()
+                .starts_with("aleph-crn/")
+        );
     }
     let listed = executions(&http, &crn).await;
     let listed = listed.as_object().unwrap();
-    assert_eq!(listed.len(), 1, "one VM for concurrent first requests: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        1,
+        "one VM for concurrent first requests: {listed:?}"
+    );
     let first_id = listed[&program]["execution_id"].clone();
     assert_eq!(listed[&program]["running"], true);
 
@@ -315,7 +329,10 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     let warm = request(http.get(vm_url("/"))).await;
     eprintln!("warm request: {:.3} s", started.elapsed().as_secs_f64());
     assert_eq!(warm.status, 200);
-    assert_eq!(executions(&http, &crn).await[&program]["execution_id"], first_id);
+    assert_eq!(
+        executions(&http, &crn).await[&program]["execution_id"],
+        first_id
+    );
 
     // The agent's own routes are not reachable from outside.
     let reserved = request(http.post(vm_url("/_agent/shutdown"))).await;
@@ -342,7 +359,11 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
             .header("x-test", "host"),
     )
     .await;
-    assert_eq!(by_host.status, 405, "GET on a POST route reaches the app: {}", by_host.body);
+    assert_eq!(
+        by_host.status, 405,
+        "GET on a POST route reaches the app: {}",
+        by_host.body
+    );
     let by_host = request(
         http.get(format!("{}/", crn.url()))
             .header("host", format!("{label}.crn.test:4020")),
@@ -354,11 +375,19 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     let slow = request(http.get(vm_url("/sleep?s=8"))).await;
     assert_eq!(slow.status, 504, "{}", slow.body);
     let quick = request(http.get(vm_url("/sleep?s=0.1"))).await;
-    assert_eq!(quick.status, 200, "the VM still serves after a timeout: {}", quick.body);
+    assert_eq!(
+        quick.status, 200,
+        "the VM still serves after a timeout: {}",
+        quick.body
+    );
 
     // Node endpoints.
     let usage = request(http.get(format!("{}/about/usage/system", crn.url()))).await;
-    assert!(usage.body["mem"]["total_kB"].as_u64().unwrap() > 0, "{}", usage.body);
+    assert!(
+        usage.body["mem"]["total_kB"].as_u64().unwrap() > 0,
+        "{}",
+        usage.body
+    );
     assert_eq!(usage.body["active"], true);
     let v1 = request(http.get(format!("{}/about/executions/list", crn.url()))).await;
     assert_eq!(v1.body[&program]["running"], true, "{}", v1.body);
@@ -366,11 +395,18 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     let config = request(http.get(format!("{}/status/config", crn.url()))).await;
     assert_eq!(config.body["domain"], "crn.test");
     let check = request(http.get(format!("{}/status/check/fastapi", crn.url()))).await;
-    assert_eq!(check.status, 503, "no diagnostic program configured: {}", check.body);
+    assert_eq!(
+        check.status, 503,
+        "no diagnostic program configured: {}",
+        check.body
+    );
 
     // The CRN restarts while the program is warm: the new one takes the VM back.
     let pid_before = std::fs::read_to_string(
-        data_dir.join("executions").join(first_id.as_str().unwrap()).join("qemu.pid"),
+        data_dir
+            .join("executions")
+            .join(first_id.as_str().unwrap())
+            .join("qemu.pid"),
     )
     .unwrap();
     crn.shutdown().await;
@@ -378,14 +414,20 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     let vm_url = |path: &str| format!("{}/vm/{program}{path}", crn.url());
     let started = Instant::now();
     let after = request(http.get(vm_url("/"))).await;
-    eprintln!("first request after the restart: {:.3} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "first request after the restart: {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(after.status, 200, "{}", after.body);
     assert_eq!(after.body, json!({"message": "Hello World"}));
     let listed = executions(&http, &crn).await;
     assert_eq!(listed[&program]["execution_id"], first_id, "{listed}");
     assert_eq!(listed[&program]["adopted"], true);
     let pid_after = std::fs::read_to_string(
-        data_dir.join("executions").join(first_id.as_str().unwrap()).join("qemu.pid"),
+        data_dir
+            .join("executions")
+            .join(first_id.as_str().unwrap())
+            .join("qemu.pid"),
     )
     .unwrap();
     assert_eq!(pid_before, pid_after, "the same VM");
@@ -394,7 +436,10 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
     // the next request runs the new code.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !crn.pool().is_following_updates() {
-        assert!(Instant::now() < deadline, "the CRN follows the CCN's messages");
+        assert!(
+            Instant::now() < deadline,
+            "the CRN follows the CCN's messages"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let new_code = network
@@ -423,7 +468,9 @@ async fn hello_program_is_served_reused_updated_and_survives_a_crn_restart() {
 
     crn.shutdown_and_stop_vms().await;
     assert_eq!(
-        std::fs::read_dir(data_dir.join("executions")).unwrap().count(),
+        std::fs::read_dir(data_dir.join("executions"))
+            .unwrap()
+            .count(),
         0,
         "stopped executions leave no folder"
     );
@@ -436,12 +483,18 @@ async fn broken_programs_give_the_documented_errors() {
     let runtime = network.store_file(&setup.runtime, None).await;
     let raises = network.store(&zip_of(&[("main.py", RAISES)]), None).await;
     let escapes = network
-        .store(&zip_of(&[("main.py", HELLO), ("../evil.py", "x = 1\n")]), None)
+        .store(
+            &zip_of(&[("main.py", HELLO), ("../evil.py", "x = 1\n")]),
+            None,
+        )
         .await;
     let raising_program = network.program(&runtime, &raises, 5).await;
     let escaping_program = network.program(&runtime, &escapes, 5).await;
 
-    let work = tempfile::Builder::new().prefix("crn-e2e-").tempdir_in("/tmp").unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("crn-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let data_dir = work.path().join("crn");
     let _kill = KillVms(data_dir.clone());
     let crn = start_crn(&network, &setup, &data_dir).await;
@@ -464,7 +517,12 @@ async fn broken_programs_give_the_documented_errors() {
 
     // Failed starts leave no VM and no folder, and are on record.
     assert_eq!(executions(&http, &crn).await, json!({}));
-    assert_eq!(std::fs::read_dir(data_dir.join("executions")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(data_dir.join("executions"))
+            .unwrap()
+            .count(),
+        0
+    );
     let records = request(http.get(format!("{}/about/executions/records", crn.url()))).await;
     let reasons: Vec<&str> = records.body["records"]
         .as_array()
@@ -473,7 +531,10 @@ async fn broken_programs_give_the_documented_errors() {
         .filter_map(|r| r["reason"].as_str())
         .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.iter().all(|r| r.starts_with("failed")), "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.starts_with("failed")),
+        "{reasons:?}"
+    );
     crn.shutdown_and_stop_vms().await;
 }
 
@@ -483,14 +544,24 @@ async fn diagnostic_check_idle_stop_admission_and_draining() {
     let network = Network::start().await;
     let runtime = network.store_file(&setup.runtime, None).await;
     let code = network
-        .store(&zip_of(&[("main.py", include_str!("../diagnostic/main.py"))]), None)
+        .store(
+            &zip_of(&[("main.py", include_str!("../diagnostic/main.py"))]),
+            None,
+        )
         .await;
     let diagnostic = network.program(&runtime, &code, 10).await;
     let big = network
-        .program_with(&runtime, &code, json!({"vcpus": 1, "memory": 4096, "seconds": 5}))
+        .program_with(
+            &runtime,
+            &code,
+            json!({"vcpus": 1, "memory": 4096, "seconds": 5}),
+        )
         .await;
 
-    let work = tempfile::Builder::new().prefix("crn-e2e-").tempdir_in("/tmp").unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("crn-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let data_dir = work.path().join("crn");
     let _kill = KillVms(data_dir.clone());
     let crn = start_crn_with(
@@ -510,7 +581,11 @@ async fn diagnostic_check_idle_stop_admission_and_draining() {
     // More memory than the node gives programs: refused before any VM boots.
     let refused = request(http.get(format!("{}/vm/{big}/", crn.url()))).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
-    assert!(refused.body["error"].as_str().unwrap().contains("memory"), "{}", refused.body);
+    assert!(
+        refused.body["error"].as_str().unwrap().contains("memory"),
+        "{}",
+        refused.body
+    );
 
     // Each feature checked through the diagnostic app; programs have no internet here,
     // and the check says so rather than passing.
@@ -530,11 +605,18 @@ async fn diagnostic_check_idle_stop_admission_and_draining() {
         if records.body["records"][0].is_object() {
             break records;
         }
-        assert!(Instant::now() < deadline, "the idle VM is stopped and recorded");
+        assert!(
+            Instant::now() < deadline,
+            "the idle VM is stopped and recorded"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(executions(&http, &crn).await, json!({}));
-    assert_eq!(records.body["records"][0]["reason"], "idle", "{}", records.body);
+    assert_eq!(
+        records.body["records"][0]["reason"], "idle",
+        "{}",
+        records.body
+    );
     assert_eq!(records.body["records"][0]["vm_hash"], diagnostic.as_str());
 
     // A draining node takes no new requests.

@@ -81,7 +81,10 @@ mod tests {
     fn matches_the_rfc_4648_alphabet() {
         // 32 zero bytes are 52 'a's; 0xff.. ends in the last letters of the alphabet.
         assert_eq!(encode(&"00".repeat(32)).unwrap(), "a".repeat(52));
-        assert_eq!(encode(&"ff".repeat(32)).unwrap(), format!("{}q", "7".repeat(51)));
+        assert_eq!(
+            encode(&"ff".repeat(32)).unwrap(),
+            format!("{}q", "7".repeat(51))
+        );
     }
 
     #[test]
@@ -89,16 +92,28 @@ mod tests {
         assert!(matches!(encode("abc"), Err(HostnameError::NotAHash(_))));
         assert!(encode(&"zz".repeat(32)).is_err());
         assert!(decode("short").is_err());
-        assert!(decode(&"1".repeat(52)).is_err(), "1 is not in the base32 alphabet");
+        assert!(
+            decode(&"1".repeat(52)).is_err(),
+            "1 is not in the base32 alphabet"
+        );
     }
 
     #[test]
     fn finds_the_hash_in_a_host_header() {
         let label = encode(HASH).unwrap();
         let hash = Some(HASH.to_string());
-        assert_eq!(hash_from_host(&format!("{label}.aleph.sh"), "aleph.sh"), hash);
-        assert_eq!(hash_from_host(&format!("{label}.ALEPH.sh:4020"), "aleph.sh"), hash);
-        assert_eq!(hash_from_host(&format!("{label}.other.sh"), "aleph.sh"), None);
+        assert_eq!(
+            hash_from_host(&format!("{label}.aleph.sh"), "aleph.sh"),
+            hash
+        );
+        assert_eq!(
+            hash_from_host(&format!("{label}.ALEPH.sh:4020"), "aleph.sh"),
+            hash
+        );
+        assert_eq!(
+            hash_from_host(&format!("{label}.other.sh"), "aleph.sh"),
+            None
+        );
         assert_eq!(hash_from_host("localhost:4020", "aleph.sh"), None);
         assert_eq!(hash_from_host("www.aleph.sh", "aleph.sh"), None);
     }

@@ -9,7 +9,13 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-async fn call(pool: &Arc<Pool>, hash: &str, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+async fn call(
+    pool: &Arc<Pool>,
+    hash: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, Value)> {
     let request = http::Request::builder()
         .method(method)
         .uri(path)
@@ -19,7 +25,10 @@ async fn call(pool: &Arc<Pool>, hash: &str, method: &str, path: &str, body: &str
     let (response, _) = pool.forward(hash, request).await.ok()?;
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    Some((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }
 
 /// Each check by name, and whether all passed.

@@ -54,7 +54,11 @@ fn core_frequencies(info: &CpuInfo) -> (f64, f64) {
     }
     let min = info.mhz.iter().copied().fold(f64::INFINITY, f64::min);
     let max = info.mhz.iter().copied().fold(0.0, f64::max);
-    if min.is_finite() { (min, max) } else { (0.0, 0.0) }
+    if min.is_finite() {
+        (min, max)
+    } else {
+        (0.0, 0.0)
+    }
 }
 
 fn meminfo_kib(name: &str) -> u64 {
@@ -96,7 +100,9 @@ pub fn system_usage(data_dir: &Path, now: DateTime<Utc>) -> Value {
     let info = cpuinfo();
     let (min, max) = core_frequencies(&info);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut loads = load.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0));
+    let mut loads = load
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0));
     let (load1, load5, load15) = (
         loads.next().unwrap_or(0.0),
         loads.next().unwrap_or(0.0),
@@ -227,7 +233,10 @@ mod tests {
         let total = usage["mem"]["total_kB"].as_u64().unwrap();
         assert_eq!(total, meminfo_kib("MemTotal:") * 1024 / 1000);
         assert!(usage["mem"]["available_kB"].as_u64().unwrap() <= total);
-        assert!(usage["disk"]["available_kB"].as_u64().unwrap() <= usage["disk"]["total_kB"].as_u64().unwrap());
+        assert!(
+            usage["disk"]["available_kB"].as_u64().unwrap()
+                <= usage["disk"]["total_kB"].as_u64().unwrap()
+        );
         assert_eq!(usage["period"]["start_timestamp"], "2026-01-02T03:04:00Z");
         assert_eq!(usage["period"]["duration_seconds"], 60);
         assert_eq!(usage["properties"]["cpu"]["architecture"], "x86_64");

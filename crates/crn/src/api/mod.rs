@@ -62,7 +62,11 @@ pub fn error_response(error: &ProgramError) -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": "no such route"}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "no such route"})),
+    )
+        .into_response()
 }
 
 async fn by_host(State(pool): Shared, request: Request, next: Next) -> Response {
@@ -93,7 +97,12 @@ async fn vm_path(
 }
 
 /// Strips `/vm/{ref}` from the path, keeping the query.
-async fn forward_path(pool: &Arc<Pool>, reference: &str, path: &str, mut request: Request) -> Response {
+async fn forward_path(
+    pool: &Arc<Pool>,
+    reference: &str,
+    path: &str,
+    mut request: Request,
+) -> Response {
     let target = match request.uri().query() {
         Some(query) => format!("/{path}?{query}"),
         None => format!("/{path}"),
@@ -125,7 +134,11 @@ async fn proxy(pool: &Arc<Pool>, reference: &str, request: Request) -> Response 
 }
 
 async fn usage(State(pool): Shared) -> Response {
-    Json(about::system_usage(&pool.config().data_dir, chrono::Utc::now())).into_response()
+    Json(about::system_usage(
+        &pool.config().data_dir,
+        chrono::Utc::now(),
+    ))
+    .into_response()
 }
 
 async fn executions_v1(State(pool): Shared) -> Response {
@@ -178,6 +191,10 @@ async fn check_fastapi(State(pool): Shared) -> Response {
             .into_response();
     };
     let (all, checks) = about::check::fastapi(&pool, &hash).await;
-    let status = if all { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if all {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(checks)).into_response()
 }

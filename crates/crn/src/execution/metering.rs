@@ -64,7 +64,10 @@ mod tests {
         }
         std::hint::black_box(x);
         let usage = read(std::process::id()).expect("our own /proc entry");
-        assert!(usage.cpu_time_user + usage.cpu_time_system > 0.0, "{usage:?}");
+        assert!(
+            usage.cpu_time_user + usage.cpu_time_system > 0.0,
+            "{usage:?}"
+        );
         assert!(usage.memory_peak_bytes > 1024 * 1024, "{usage:?}");
         assert!(read(u32::MAX).is_none());
     }

@@ -4,7 +4,7 @@
 
 use crate::error::ProgramError;
 use crate::hypervisor::{BootSource, ChannelSpec, Drive, VmSpec};
-use crate::resources::program::{Volume, ProgramContent};
+use crate::resources::program::{ProgramContent, Volume};
 use crate::resources::{ProgramMessage, Resources};
 use aleph_protocol::agent::{
     AgentConfig, CodeConfig, CodeEncoding, ROOT_CMDLINE_KEY, VolumeConfig, VolumeFormat,
@@ -51,9 +51,7 @@ pub async fn prepare(
     let vcpus = u8::try_from(content.resources.vcpus)
         .ok()
         .filter(|v| *v > 0)
-        .ok_or_else(|| {
-            ProgramError::Unsupported(format!("{} vCPUs", content.resources.vcpus))
-        })?;
+        .ok_or_else(|| ProgramError::Unsupported(format!("{} vCPUs", content.resources.vcpus)))?;
     let memory_mib = u32::try_from(content.resources.memory)
         .map_err(|_| ProgramError::Unsupported("memory".into()))?;
 
@@ -109,7 +107,9 @@ pub async fn prepare(
                 })?;
                 (Drive::read_only(&file.path), mount, format)
             }
-            Volume::Ephemeral { size_mib, mount, .. } => {
+            Volume::Ephemeral {
+                size_mib, mount, ..
+            } => {
                 let path = folder.join(format!("ephemeral-{index}.ext4"));
                 make_ext4(&path, *size_mib).await?;
                 (Drive::writable(path), mount, VolumeFormat::Ext4)
@@ -287,11 +287,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("abc");
         std::fs::write(&source, b"print(1)\n").unwrap();
-        let padded = padded_copy(&source, &dir.path().join("padded")).await.unwrap();
+        let padded = padded_copy(&source, &dir.path().join("padded"))
+            .await
+            .unwrap();
         let bytes = std::fs::read(&padded).unwrap();
         assert_eq!(bytes.len(), 512);
         assert!(bytes.starts_with(b"print(1)\n") && bytes[9..].iter().all(|b| *b == 0));
-        assert_eq!(padded_copy(&source, &dir.path().join("padded")).await.unwrap(), padded);
+        assert_eq!(
+            padded_copy(&source, &dir.path().join("padded"))
+                .await
+                .unwrap(),
+            padded
+        );
     }
 
     #[test]

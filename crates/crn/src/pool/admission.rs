@@ -82,17 +82,35 @@ impl Admission {
         let free_disk = free_disk_mib(&self.disk_dir).saturating_sub(self.reserved_disk_mib);
         let mut inner = self.inner.lock().expect("admission lock");
         let short = |what: &str, asked: u64, used: u64, limit: u64| {
-            format!("not enough {what}: {asked} asked, {} of {limit} free", limit.saturating_sub(used))
+            format!(
+                "not enough {what}: {asked} asked, {} of {limit} free",
+                limit.saturating_sub(used)
+            )
         };
         if inner.used.memory_mib + amount.memory_mib > inner.limit.memory_mib {
-            return Err(short("memory (MiB)", amount.memory_mib, inner.used.memory_mib, inner.limit.memory_mib));
+            return Err(short(
+                "memory (MiB)",
+                amount.memory_mib,
+                inner.used.memory_mib,
+                inner.limit.memory_mib,
+            ));
         }
         if inner.used.vcpus + amount.vcpus > inner.limit.vcpus {
-            return Err(short("vCPUs", amount.vcpus, inner.used.vcpus, inner.limit.vcpus));
+            return Err(short(
+                "vCPUs",
+                amount.vcpus,
+                inner.used.vcpus,
+                inner.limit.vcpus,
+            ));
         }
         // Sparse volume files fill up later: count every reservation against today's space.
         if inner.used.disk_mib + amount.disk_mib > free_disk {
-            return Err(short("disk (MiB)", amount.disk_mib, inner.used.disk_mib, free_disk));
+            return Err(short(
+                "disk (MiB)",
+                amount.disk_mib,
+                inner.used.disk_mib,
+                free_disk,
+            ));
         }
         inner.used.memory_mib += amount.memory_mib;
         inner.used.vcpus += amount.vcpus;

@@ -147,7 +147,10 @@ impl Pool {
     /// The running execution of program `hash`, started if there is none. Concurrent
     /// callers share one start; the start runs in its own task, so a caller that
     /// gives up does not leave a half-started VM behind.
-    pub async fn get_or_start(self: &Arc<Self>, hash: &str) -> Result<Arc<Execution>, ProgramError> {
+    pub async fn get_or_start(
+        self: &Arc<Self>,
+        hash: &str,
+    ) -> Result<Arc<Execution>, ProgramError> {
         let hash = crate::resources::check_hash(hash)?;
         let starting = {
             let mut entries = self.entries.lock().expect("entries");
@@ -162,8 +165,9 @@ impl Pool {
                     let task_hash = hash.clone();
                     let task = tokio::spawn(async move { pool.start(task_hash).await });
                     let starting: Starting = async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(ProgramError::internal(format!("start task: {e}"))))
+                        task.await.unwrap_or_else(|e| {
+                            Err(ProgramError::internal(format!("start task: {e}")))
+                        })
                     }
                     .boxed()
                     .shared();
@@ -227,7 +231,10 @@ impl Pool {
             &self.images,
             &folder,
             &self.volumes_dir,
-            self.config.boot_timeout_seconds.try_into().unwrap_or(u32::MAX),
+            self.config
+                .boot_timeout_seconds
+                .try_into()
+                .unwrap_or(u32::MAX),
         )
         .await
         {
@@ -274,7 +281,9 @@ impl Pool {
             tokio::time::timeout(limit, channel.configure(&file.prepared.agent))
                 .await
                 .map_err(|_| ProgramError::StartFailed {
-                    error: format!("the VM's agent did not answer the configuration within {limit:?}"),
+                    error: format!(
+                        "the VM's agent did not answer the configuration within {limit:?}"
+                    ),
                     traceback: Some(console_tail(&folder)),
                 })?
                 .map_err(|e| ProgramError::StartFailed {
@@ -355,7 +364,8 @@ impl Pool {
             tokio::time::sleep(Duration::from_millis(20)).await;
             execution = self.get_or_start(hash).await?;
         };
-        let timeout = Duration::from_secs(execution.program.content.resources.seconds.max(1).into());
+        let timeout =
+            Duration::from_secs(execution.program.content.resources.seconds.max(1).into());
         let answer = tokio::time::timeout(timeout, execution.channel().forward(request)).await;
         drop(in_flight);
         match answer {
@@ -371,7 +381,9 @@ impl Pool {
                 } else {
                     self.check_channel(&execution).await;
                 }
-                Err(ProgramError::NoAnswer(format!("the program's VM did not answer: {e}")))
+                Err(ProgramError::NoAnswer(format!(
+                    "the program's VM did not answer: {e}"
+                )))
             }
         }
     }
@@ -380,7 +392,8 @@ impl Pool {
     /// the channel session is stuck (not the app slow), so drop it; the next request
     /// opens a new one instead of waiting on the dead one.
     async fn check_channel(&self, execution: &Execution) {
-        let probe = tokio::time::timeout(Duration::from_secs(3), execution.channel().health()).await;
+        let probe =
+            tokio::time::timeout(Duration::from_secs(3), execution.channel().health()).await;
         if !matches!(probe, Ok(Ok(_))) {
             tracing::warn!(
                 "the channel to execution {} does not answer: opening a new session",

@@ -112,20 +112,28 @@ mod tests {
     #[test]
     fn code_amends_and_program_amends_by_the_owner_update() {
         let program = program();
-        let store = |owner: &str, reference: &str| {
-            json!({"type": "STORE", "content": {"address": owner, "ref": reference}})
-        };
+        let store = |owner: &str, reference: &str| json!({"type": "STORE", "content": {"address": owner, "ref": reference}});
         assert!(updates_program(&store("0xowner", "c0"), &program, "c0"));
         // An amend of the version that runs (the second update of the code).
         assert!(updates_program(&store("0xOwner", "c1"), &program, "c1"));
         assert!(!updates_program(&store("0xOwner", "other"), &program, "c1"));
-        assert!(!updates_program(&store("0xSomeoneElse", "c0"), &program, "c0"));
-        assert!(!updates_program(&json!({"type": "STORE", "content": {"address": "0xOwner"}}), &program, "c0"));
-        let amend = |replaces: &str| {
-            json!({"type": "PROGRAM", "content": {"address": "0xOwner", "replaces": replaces}})
-        };
+        assert!(!updates_program(
+            &store("0xSomeoneElse", "c0"),
+            &program,
+            "c0"
+        ));
+        assert!(!updates_program(
+            &json!({"type": "STORE", "content": {"address": "0xOwner"}}),
+            &program,
+            "c0"
+        ));
+        let amend = |replaces: &str| json!({"type": "PROGRAM", "content": {"address": "0xOwner", "replaces": replaces}});
         assert!(updates_program(&amend("p0"), &program, "c0"));
         assert!(!updates_program(&amend("p9"), &program, "c0"));
-        assert!(!updates_program(&json!({"type": "POST", "content": {"address": "0xOwner", "ref": "c0"}}), &program, "c0"));
+        assert!(!updates_program(
+            &json!({"type": "POST", "content": {"address": "0xOwner", "ref": "c0"}}),
+            &program,
+            "c0"
+        ));
     }
 }

@@ -219,9 +219,14 @@ mod tests {
         assert_eq!(listed[0].uuid, "b");
         assert_eq!(listed[1].cpu_time_user, 1.5);
         assert_eq!(listed[1].memory_peak, 300 << 20);
-        assert_eq!(listed[1].time_stopped, life.times().stopped_at.map(|t| {
-            DateTime::parse_from_rfc3339(&t.to_rfc3339()).unwrap().with_timezone(&Utc)
-        }));
+        assert_eq!(
+            listed[1].time_stopped,
+            life.times().stopped_at.map(|t| {
+                DateTime::parse_from_rfc3339(&t.to_rfc3339())
+                    .unwrap()
+                    .with_timezone(&Utc)
+            })
+        );
         assert_eq!(listed[0].message["k"], "b");
         assert_eq!(records.list(1).await.unwrap().len(), 1);
     }

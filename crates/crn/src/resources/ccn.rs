@@ -145,9 +145,9 @@ impl CcnClient {
                 ("pagination", "200"),
             ])
             .await?;
-        Ok(found.into_iter().find(|m| {
-            m.content.get("replaces").and_then(Value::as_str) == Some(original)
-        }))
+        Ok(found
+            .into_iter()
+            .find(|m| m.content.get("replaces").and_then(Value::as_str) == Some(original)))
     }
 
     /// Downloads file `file_hash` to `dest`, checking its sha256 on the way; the

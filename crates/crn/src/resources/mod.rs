@@ -75,11 +75,10 @@ impl Resources {
     /// The program `item_hash`, its newest amend applied.
     pub async fn program(&self, item_hash: &str) -> Result<ProgramMessage, ProgramError> {
         let item_hash = check_hash(item_hash)?;
-        let message = self
-            .ccn
-            .message(&item_hash)
-            .await?
-            .ok_or_else(|| ProgramError::NotFound(format!("no program {item_hash} on the CCN")))?;
+        let message =
+            self.ccn.message(&item_hash).await?.ok_or_else(|| {
+                ProgramError::NotFound(format!("no program {item_hash} on the CCN"))
+            })?;
         if message.message_type != "PROGRAM" {
             return Err(ProgramError::NotFound(format!(
                 "{item_hash} is a {} message, not a PROGRAM",
@@ -177,10 +176,7 @@ impl Resources {
 
 fn parse_content(message: &Message) -> Result<ProgramContent, ProgramError> {
     serde_json::from_value(message.content.clone()).map_err(|e| {
-        ProgramError::Unsupported(format!(
-            "PROGRAM {} cannot be read: {e}",
-            message.item_hash
-        ))
+        ProgramError::Unsupported(format!("PROGRAM {} cannot be read: {e}", message.item_hash))
     })
 }
 
@@ -192,8 +188,16 @@ mod tests {
     fn only_sha256_hex_references() {
         let hash = "AB".repeat(32);
         assert_eq!(check_hash(&hash).unwrap(), "ab".repeat(32));
-        for bad in ["", "abc", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", &"g".repeat(64)] {
-            assert!(matches!(check_hash(bad), Err(ProgramError::BadReference(_))));
+        for bad in [
+            "",
+            "abc",
+            "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+            &"g".repeat(64),
+        ] {
+            assert!(matches!(
+                check_hash(bad),
+                Err(ProgramError::BadReference(_))
+            ));
         }
     }
 }

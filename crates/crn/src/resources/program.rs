@@ -171,8 +171,17 @@ mod tests {
         assert_eq!(content.resources, Resources::default());
         assert!(!content.code.use_latest && content.runtime.use_latest);
         assert_eq!(content.code.interface(), CodeInterface::Asgi);
-        assert!(matches!(content.volumes[0], Volume::Immutable { use_latest: true, .. }));
-        assert!(matches!(content.volumes[1], Volume::Ephemeral { size_mib: 10, .. }));
+        assert!(matches!(
+            content.volumes[0],
+            Volume::Immutable {
+                use_latest: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            content.volumes[1],
+            Volume::Ephemeral { size_mib: 10, .. }
+        ));
         assert!(matches!(&content.volumes[2], Volume::Persistent { name, .. } if name == "db"));
 
         let mut binary = content.code.clone();

@@ -91,8 +91,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn qemu_cpu(pid: u32) -> f64 {
-    aleph_crn::execution::metering::read(pid)
-        .map_or(0.0, |u| u.cpu_time_user + u.cpu_time_system)
+    aleph_crn::execution::metering::read(pid).map_or(0.0, |u| u.cpu_time_user + u.cpu_time_system)
 }
 
 fn median_f64(values: &mut [f64]) -> f64 {
@@ -110,7 +109,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Requests per second from `concurrency` clients looping for `seconds`.
-async fn throughput(http: &reqwest::Client, url: &str, concurrency: usize, seconds: u64) -> Result<f64> {
+async fn throughput(
+    http: &reqwest::Client,
+    url: &str,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let clients = (0..concurrency).map(|_| async {
@@ -130,7 +134,10 @@ async fn throughput(http: &reqwest::Client, url: &str, concurrency: usize, secon
 
 pub async fn run(args: Args) -> Result<()> {
     let machine = &args.machine;
-    ensure!(machine.runs > 0 && args.blocks > 0 && args.requests > 0, "runs, blocks and requests must be at least 1");
+    ensure!(
+        machine.runs > 0 && args.blocks > 0 && args.requests > 0,
+        "runs, blocks and requests must be at least 1"
+    );
     ensure!(
         machine.tcg_tb_size_mib == QemuConfig::default().tcg_tb_size_mib,
         "the CRN runs VMs with the default TCG cache; leave --tcg-tb-size-mib at its default"
@@ -242,7 +249,10 @@ async fn measure(
     let machine = &args.machine;
     // The first start downloads the runtime into the CRN's cache: not measured.
     let first = hello(http, url).await?;
-    println!("first start (runtime downloaded from the CCN): {:.2} s", first.as_secs_f64());
+    println!(
+        "first start (runtime downloaded from the CCN): {:.2} s",
+        first.as_secs_f64()
+    );
     crn.pool().stop(program, "bench").await;
 
     let mut ours = Vec::new();
@@ -251,7 +261,11 @@ async fn measure(
     // do, which a busy shared host blurs less than wall-clock time.
     let (mut ours_cpu, mut bare_cpu) = (Vec::new(), Vec::new());
     for run in 0..machine.runs {
-        let order = if run % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if run % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for is_ours in order {
             if is_ours {
                 let elapsed = hello(http, url).await?;
@@ -342,7 +356,11 @@ async fn measure(
         for side in if block % 2 == 0 { [0, 1] } else { [1, 0] } {
             let target = if side == 0 { url } else { direct.as_str() };
             let rps = throughput(http, target, args.concurrency, args.throughput_seconds).await?;
-            if side == 0 { through_rps.push(rps) } else { straight_rps.push(rps) }
+            if side == 0 {
+                through_rps.push(rps)
+            } else {
+                straight_rps.push(rps)
+            }
         }
     }
     child.start_kill()?;
