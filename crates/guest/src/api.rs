@@ -1,11 +1,12 @@
 //! The agent's routes (see `aleph_protocol::agent`); everything else goes to the app.
 
 use crate::app::{self, App, asgi, binary};
+use crate::lease::{self, Lease};
 use crate::paths::CODE_DIR;
 use crate::{code, network, power, proxy, syslog, volumes};
 use aleph_protocol::agent::{
     AGENT_ROUTE_PREFIX, AgentConfig, AgentError, CodeEncoding, CodeInterface, ConfigureReply,
-    Health, LogLine, LogStream,
+    Health, LeaseReply, LeaseRequest, LogLine, LogStream,
 };
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -32,6 +33,8 @@ pub struct Agent {
     /// Turns true once the optional modules (network, vsock) are loaded.
     late_modules: watch::Receiver<bool>,
     config: Mutex<Option<AgentConfig>>,
+    /// A persistent program's lease (see [`crate::lease`]).
+    pub lease: Arc<Lease>,
 }
 
 impl Agent {
@@ -40,6 +43,7 @@ impl Agent {
             app,
             late_modules,
             config: Mutex::new(None),
+            lease: Arc::new(Lease::default()),
         }
     }
 }
@@ -57,6 +61,7 @@ pub async fn handle(
         (&Method::GET, "health") => json(StatusCode::OK, &health(&agent)),
         (&Method::POST, "shutdown") => shutdown(agent.clone()),
         (&Method::GET, "logs") => logs(),
+        (&Method::POST, "lease") => renew_lease(&agent, request).await,
         _ => error(StatusCode::NOT_FOUND, "no such agent route"),
     };
     Ok(response)
@@ -152,6 +157,26 @@ async fn configure(agent: &Agent, request: Request<Incoming>) -> Response<Body> 
             )
         }
     }
+}
+
+/// A lease is a few bytes of JSON.
+const MAX_LEASE: usize = 4096;
+
+async fn renew_lease(agent: &Agent, request: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(request.into_body(), MAX_LEASE).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the lease: {e}")),
+    };
+    let lease: LeaseRequest = match serde_json::from_slice(&body) {
+        Ok(lease) => lease,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad lease: {e}")),
+    };
+    let first = agent.lease.deadline().is_none();
+    let remaining_ms = agent.lease.renew(lease.milliseconds, lease::now_seconds());
+    if first {
+        syslog!("leased: powering off unless renewed within {remaining_ms} ms");
+    }
+    json(StatusCode::OK, &LeaseReply { remaining_ms })
 }
 
 /// Everything the app expects to find in place when it starts.

@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 /// The port's device node. Without udev there is no `/dev/virtio-ports/<name>` link, so
 /// look the name up in sysfs; the port shows up asynchronously once the host's
@@ -67,72 +68,153 @@ fn port_from_sysfs(class: &Path) -> Option<PathBuf> {
 /// What every host connection starts with: the HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long the port may report the host gone, with nothing left to read, before the
+/// session takes it as a hang-up. A hang-up can be stale: the kernel takes the host's
+/// data at once but its connect and disconnect notices later, from a work queue, so a
+/// session that a reconnection began can still see the previous host's hang-up.
+const HANG_UP_SETTLE: Duration = Duration::from_millis(500);
+
 /// One host session's view of the port, a non-blocking byte stream for hyper.
 ///
-/// The port has no connection boundaries in-band. The kernel's virtio_console reports
-/// the host leaving only as POLLHUP (reads then return 0 once nothing is left), and
-/// a host that comes back at once can make it connected again before anyone looks: the
-/// old session then simply reads the new connection's bytes. Two things mark where a
-/// connection ends:
-/// - the hang-up, when seen. Tokio keeps a hang-up as final (waiting after one returns
-///   at once, forever), so the session ends there, neither reading what follows nor
-///   writing into the next host's connection;
-/// - the next connection's preface, read where a frame of this one would start. A
-///   frame header never looks like it (its length would be 5 MiB, over the 16 KiB
-///   frame limit), and what a client controls lies inside frames, so a request body
-///   cannot fake one. A read never spans two of the port's buffers, and a new
-///   connection's bytes start a new buffer, so its preface starts a read.
+/// The port has no connection boundaries in-band, and its hang-up notice (POLLHUP) is
+/// late and loose: the kernel's virtio_console applies connects and disconnects from a
+/// work queue while data lands at once, so the next host's bytes can arrive before the
+/// previous host's hang-up shows, and a hang-up can still show after the next host's
+/// first bytes were read. A read tells the truth about now: data if any is buffered,
+/// else 0 while no host is connected and EAGAIN while one is. The session therefore
+/// ends at:
+/// - the next connection's preface, read where a frame of this one would start, or at
+///   the start of the first read after a hang-up was seen. A frame header never looks
+///   like it (its length would be 5 MiB, over the 16 KiB frame limit), and what a
+///   client controls lies inside frames, so a request body cannot fake one at a frame
+///   start. A read never spans two of the port's buffers, and a new connection's bytes
+///   start a new buffer, so its preface starts a read;
+/// - a hang-up that lasts: reads find nothing and no host for [`HANG_UP_SETTLE`]. While
+///   a hang-up settles, writes wait: they would reach the next host's connection.
+///
+/// Tokio keeps a hang-up as final on a registration (waiting after one returns at once,
+/// forever), so the port is registered afresh once a hang-up has cleared.
 struct Port {
     fd: AsyncFd<OwnedFd>,
     frames: Frames,
-    /// The start of this connection, read by the previous session.
-    first: Vec<u8>,
+    /// Bytes of this connection read from the port, not yet handed to hyper.
+    pending: Vec<u8>,
     /// The start of the next connection, read by this session.
     next: Vec<u8>,
-    /// This connection has ended: POLLHUP seen (its host has gone, perhaps already
-    /// come back), or the next connection's preface read.
-    host_left: bool,
-    /// Nothing of this session's connection is left to read: a read returned 0 (no
-    /// data, no host), found nothing after the hang-up, or found the next preface.
-    drained: bool,
+    /// A hang-up is showing: since when, and when to look again.
+    hang_up: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// A hang-up was seen and has cleared: the next read may start a new connection
+    /// wherever this one's frames stand.
+    after_hang_up: bool,
+    /// This connection has ended, its bytes all read: a lasting hang-up, or the next
+    /// connection's preface.
+    ended: bool,
     /// Told when this connection's end is seen.
-    ended: Arc<Notify>,
+    on_end: Arc<Notify>,
 }
 
 impl Port {
-    fn register(port: &OwnedFd, first: Vec<u8>, ended: Arc<Notify>) -> Result<Port> {
-        // SAFETY: an `OwnedFd` stays open, and is the same descriptor, for as long as
-        // the `AsyncFd` that owns it.
-        let fd = unsafe { AsyncFd::register(port.try_clone()?) }
-            .map_err(|e| anyhow::anyhow!("registering the port: {e}"))?;
+    fn register(port: &OwnedFd, first: Vec<u8>, on_end: Arc<Notify>) -> Result<Port> {
+        let mut frames = Frames::default();
+        frames.advance(&first);
         Ok(Port {
-            fd,
-            frames: Frames::default(),
-            first,
+            fd: register(port)?,
+            frames,
+            pending: first,
             next: Vec::new(),
-            host_left: false,
-            drained: false,
-            ended,
+            hang_up: None,
+            after_hang_up: false,
+            ended: false,
+            on_end,
         })
     }
 
-    /// Takes in bytes read from the port; false when they start the next connection.
-    fn take(&mut self, chunk: &[u8]) -> bool {
-        if self.frames.starts_connection(chunk) {
+    /// Takes in bytes read from the port: this connection's, or the next one's start.
+    fn take(&mut self, chunk: &[u8]) {
+        let new_connection = if std::mem::take(&mut self.after_hang_up) {
+            // Anywhere in a frame: the whole preface, not a prefix a body could hold.
+            chunk.starts_with(PREFACE)
+        } else {
+            self.frames.starts_connection(chunk)
+        };
+        if new_connection {
             self.next = chunk.to_vec();
-            self.end(true);
-            return false;
+            self.end();
+        } else {
+            self.frames.advance(chunk);
+            self.pending.extend_from_slice(chunk);
         }
-        self.frames.advance(chunk);
-        true
     }
 
-    /// The connection has ended: the host left (`drained`: and all it sent is read),
-    /// or the next one began.
-    fn end(&mut self, drained: bool) {
-        self.host_left = true;
-        self.drained |= drained;
-        self.ended.notify_one();
+    /// The port reports no host: settle whether it has left.
+    fn hung_up(&mut self) {
+        let recheck = Box::pin(tokio::time::sleep(Duration::ZERO));
+        self.hang_up = Some((Instant::now(), recheck));
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        self.hang_up = None;
+        self.on_end.notify_one();
+    }
+
+    /// Reads what the port has next into `pending`, or ends the connection; pending
+    /// while a hang-up settles or nothing has come.
+    fn poll_fill(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some((since, recheck)) = &mut self.hang_up {
+                match nix::unistd::read(self.fd.get_ref().as_raw_fd(), &mut buf) {
+                    // The tail of this connection, or the next one's start.
+                    Ok(n) if n > 0 => {
+                        self.after_hang_up = true;
+                        self.take(&buf[..n]);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Ok(_) if since.elapsed() >= HANG_UP_SETTLE => {
+                        self.end();
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Still no host: look again shortly.
+                    Ok(_) => {
+                        ready!(recheck.as_mut().poll(cx));
+                        let at = tokio::time::Instant::now() + Duration::from_millis(5);
+                        recheck.as_mut().reset(at);
+                    }
+                    // A host is connected and nothing is buffered: the hang-up has
+                    // cleared. A host that came back starts with its preface.
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        self.hang_up = None;
+                        self.after_hang_up = true;
+                        self.fd = register(self.fd.get_ref()).map_err(io::Error::other)?;
+                    }
+                    Err(e) => return Poll::Ready(Err(e.into())),
+                }
+                continue;
+            }
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            if guard.ready().is_read_closed() {
+                drop(guard);
+                self.hung_up();
+                continue;
+            }
+            match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref().as_raw_fd(), &mut buf)?)) {
+                Ok(Ok(0)) => {
+                    drop(guard);
+                    self.hung_up();
+                }
+                Ok(Ok(n)) => {
+                    drop(guard);
+                    self.take(&buf[..n]);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => {}
+            }
+        }
     }
 
     /// After the session: discards what its connection left unread, until the next
@@ -141,24 +223,27 @@ impl Port {
     /// cannot be resumed; the host closes it) or for its successor's preface.
     async fn discard_rest(&mut self) -> io::Result<usize> {
         let mut discarded = 0;
-        let mut buf = vec![0u8; 4096];
-        while !self.drained {
-            let mut guard = self.fd.readable().await?;
-            self.host_left |= guard.ready().is_read_closed();
-            match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref().as_raw_fd(), &mut buf)?)) {
-                Ok(Ok(0)) => self.drained = true,
-                Ok(Ok(n)) => {
-                    if self.take(&buf[..n]) {
-                        discarded += n;
-                    }
-                }
-                Ok(Err(e)) => return Err(e),
-                // Nothing buffered and the host connected again since it left.
-                Err(_would_block) => self.drained = self.host_left,
+        loop {
+            discarded += std::mem::take(&mut self.pending).len();
+            if self.ended {
+                return Ok(discarded);
             }
+            std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
         }
-        Ok(discarded)
     }
+}
+
+/// Registers a descriptor of the port with tokio, afresh.
+fn register(port: &OwnedFd) -> Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` stays open, and is the same descriptor, for as long as
+    // the `AsyncFd` that owns it.
+    unsafe { AsyncFd::register(port.try_clone()?) }
+        .map_err(|e| anyhow::anyhow!("registering the port: {e}"))
+}
+
+/// Whether `chunk` is the preface or its start.
+fn starts_with_preface(chunk: &[u8]) -> bool {
+    !chunk.is_empty() && PREFACE.starts_with(&chunk[..chunk.len().min(PREFACE.len())])
 }
 
 /// Where the HTTP/2 frames of what a session has read start: after the 24-byte preface,
@@ -185,8 +270,7 @@ impl Default for Frames {
 impl Frames {
     /// Whether `chunk`, read next, is the start of a new connection.
     fn starts_connection(&self, chunk: &[u8]) -> bool {
-        let at_frame_start = self.skip == 0 && self.header == 0;
-        at_frame_start && PREFACE.starts_with(&chunk[..chunk.len().min(PREFACE.len())])
+        self.skip == 0 && self.header == 0 && starts_with_preface(chunk)
     }
 
     fn advance(&mut self, mut bytes: &[u8]) {
@@ -215,45 +299,14 @@ impl AsyncRead for Port {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.first.is_empty() {
-            let n = self.first.len().min(buf.remaining());
-            let chunk: Vec<u8> = self.first.drain(..n).collect();
-            self.frames.advance(&chunk);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
+        while self.pending.is_empty() && !self.ended {
+            ready!(self.poll_fill(cx))?;
         }
-        if self.host_left || self.drained {
-            return Poll::Ready(Ok(()));
-        }
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            if guard.ready().is_read_closed() {
-                // What is still buffered is the tail of a connection nobody answers,
-                // or already the next one: EOF; `discard_rest` tells them apart.
-                drop(guard);
-                self.end(false);
-                return Poll::Ready(Ok(()));
-            }
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled)?)) {
-                Ok(Ok(0)) => {
-                    // The host has gone, and all it sent has been read.
-                    drop(guard);
-                    self.end(true);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Ok(n)) => {
-                    drop(guard);
-                    // The next connection's bytes end this session, unread by it.
-                    if self.take(&buf.initialize_unfilled()[..n]) {
-                        buf.advance(n);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
+        // Empty once ended: EOF.
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -263,17 +316,20 @@ impl AsyncWrite for Port {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.host_left || self.drained {
-            // Whatever is written now would reach the next host's connection.
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
         loop {
+            // Whatever is written during a hang-up, or after, would reach the next
+            // host's connection.
+            while self.hang_up.is_some() && !self.ended {
+                ready!(self.poll_fill(cx))?;
+            }
+            if self.ended {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             if guard.ready().is_write_closed() {
-                // The host has gone: writes would wait for the next one and reach it.
                 drop(guard);
-                self.end(false);
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                self.hung_up();
+                continue;
             }
             match guard.try_io(|fd| Ok(nix::unistd::write(fd.get_ref(), data)?)) {
                 Ok(result) => return Poll::Ready(result),
@@ -312,8 +368,11 @@ pub async fn serve(path: &Path, agent: Arc<Agent>) -> Result<()> {
         .into();
     syslog!("serving the host on {}", path.display());
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // Fixed windows, large enough for the local link: an adaptive window measures the
+    // link with PING frames, each one more virtio-serial message for both ends.
     http.max_concurrent_streams(1024)
-        .adaptive_window(true)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
         .max_send_buf_size(1 << 20);
     // The next connection's first bytes, when the last session already read them.
     let mut first = Vec::new();
@@ -339,7 +398,7 @@ pub async fn serve(path: &Path, agent: Arc<Agent>) -> Result<()> {
         };
         let seen = if !session.next.is_empty() {
             " (the next host connected)"
-        } else if session.host_left {
+        } else if session.ended {
             " (the host hung up)"
         } else {
             ""

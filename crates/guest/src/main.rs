@@ -9,6 +9,7 @@ mod app;
 mod boot;
 mod channel;
 mod code;
+mod lease;
 mod network;
 mod paths;
 mod power;
@@ -55,7 +56,10 @@ fn main() {
         (loaded - started) * 1e3,
         (rooted - loaded) * 1e3
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the agent only relays bytes between the channel and the app, and under
+    // emulation each wake-up handed from one thread to another costs guest CPU that the
+    // app's own work then waits for (measured by `aleph-node bench program`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| fatal(e.into()));
@@ -83,6 +87,7 @@ async fn serve(booted: boot::Booted) {
     });
 
     let agent = Arc::new(api::Agent::new(app, late_modules));
+    tokio::spawn(lease::watchdog(agent.lease.clone()));
     // What a host without the channel can still send: the ACPI power button, SIGTERM,
     // or SIGINT from Ctrl-Alt-Del (a signal to init once CAD is disabled).
     let _ = nix::sys::reboot::set_cad_enabled(false);

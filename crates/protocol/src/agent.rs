@@ -8,6 +8,7 @@
 //! | `GET /_agent/health` | | 200 [`Health`] |
 //! | `POST /_agent/shutdown` | | 200, then the guest stops the app, syncs and powers off |
 //! | `GET /_agent/logs` | | a streamed body of [`LogLine`]s, one JSON object per line, kept open |
+//! | `POST /_agent/lease` | [`LeaseRequest`] | 200 [`LeaseReply`]; from then on the guest powers off unless the lease is renewed in time |
 //! | anything else | | forwarded to the app with method, path, query, headers and body as they came |
 //!
 //! Every host connection is a fresh HTTP/2 session: the host may disconnect and reconnect
@@ -117,6 +118,22 @@ pub struct NetworkConfig {
     /// Name servers written to `/etc/resolv.conf`.
     #[serde(default)]
     pub dns_servers: Vec<String>,
+}
+
+/// `POST /_agent/lease` body: the VM may run for `milliseconds` more (counted on the
+/// guest's monotonic clock from when the agent reads it); each call replaces the last
+/// deadline. Persistent programs only: a VM that never got a lease runs until stopped.
+/// The host gives no more than what is left of its own lease, so a host that dies
+/// leaves VMs that stop by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub milliseconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReply {
+    /// Milliseconds left before the guest powers off.
+    pub remaining_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

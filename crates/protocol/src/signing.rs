@@ -124,6 +124,12 @@ impl Signer {
         };
         Ok(sign_message(&self.account, unsigned)?)
     }
+
+    /// EIP-191 `personal_sign` of `bytes`: 65 bytes as `0x` hex
+    /// ([`crate::eip191::recover_address`] gives the address back).
+    pub fn sign_raw(&self, bytes: &[u8]) -> Result<String, SigningError> {
+        Ok(self.account.sign_raw(bytes)?.as_str().to_owned())
+    }
 }
 
 #[cfg(test)]
