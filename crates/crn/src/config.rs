@@ -7,6 +7,13 @@
 //! data_dir = "crn-data"
 //! domain = "crn.example.org"       # host-based routing: {base32(hash)}.crn.example.org
 //! idle_timeout_seconds = 3600
+//!
+//! # Persistent programs (see docs/operator-guide.md)
+//! scheduler_url = "http://127.0.0.1:4030"
+//! node_hash = "…"                   # the item hash of the node's registration POST
+//! node_key_file = "crn-data/node.key"  # or node_key = "<hex>": the operator's key
+//! allowed_schedulers = ["0x…"]      # who may POST /control/allocations
+//! heartbeat_interval_seconds = 2
 //! ```
 
 use anyhow::{Context, Result};
@@ -52,6 +59,33 @@ pub struct CrnConfig {
     pub diagnostic_program: Option<String>,
     /// Follow the CCN's websocket and stop VMs whose code or message was updated.
     pub watch_updates: bool,
+    /// The scheduler heartbeats go to (`{scheduler_url}/api/v1/heartbeat`). With
+    /// `node_hash` and a node key it turns on heartbeats and the lease: persistent
+    /// programs then run only while heartbeats are answered.
+    pub scheduler_url: Option<String>,
+    /// This node's hash: the item hash of its `corechan-operation` registration POST.
+    pub node_hash: Option<String>,
+    /// The node operator's private key (64 hex characters), which signs heartbeats;
+    /// the scheduler accepts them only from the registration's sender.
+    pub node_key: Option<String>,
+    /// A file holding `node_key` (hex, surrounding whitespace ignored); used when
+    /// `node_key` is not set, so the key stays out of the config and the environment.
+    pub node_key_file: Option<PathBuf>,
+    /// The URL heartbeats announce, as registered; `None`: `http://{listen address}`.
+    pub public_url: Option<String>,
+    /// Addresses allowed to sign `POST /control/allocations`; empty turns the route off
+    /// (403).
+    pub allowed_schedulers: Vec<String>,
+    /// Seconds between two heartbeats.
+    pub heartbeat_interval_seconds: u64,
+    /// First wait before restarting a persistent program that crashed; doubled on each
+    /// crash in a row, up to `restart_backoff_max_seconds`.
+    pub restart_backoff_initial_ms: u64,
+    pub restart_backoff_max_seconds: u64,
+    /// How long `POST /control/allocations` waits for the VMs it starts before it
+    /// answers; those still booting then are reported as successful (accepted) and
+    /// heartbeats say when they run.
+    pub allocation_wait_seconds: u64,
 }
 
 impl Default for CrnConfig {
@@ -71,6 +105,16 @@ impl Default for CrnConfig {
             accel: "auto".into(),
             diagnostic_program: None,
             watch_updates: true,
+            scheduler_url: None,
+            node_hash: None,
+            node_key: None,
+            node_key_file: None,
+            public_url: None,
+            allowed_schedulers: Vec::new(),
+            heartbeat_interval_seconds: 2,
+            restart_backoff_initial_ms: 1000,
+            restart_backoff_max_seconds: 60,
+            allocation_wait_seconds: 50,
         }
     }
 }
@@ -135,6 +179,54 @@ impl CrnConfig {
     pub fn ccn_url(&self) -> &str {
         self.ccn_url.trim_end_matches('/')
     }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_seconds.max(1))
+    }
+
+    /// The heartbeat sender's settings when heartbeats are configured (a scheduler,
+    /// a node hash and a key), `None` when none of them is set, an error when only
+    /// some are or the key is unreadable.
+    pub fn heartbeats(&self) -> Result<Option<HeartbeatSettings>> {
+        let key = match (&self.node_key, &self.node_key_file) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading node_key_file {}", path.display()))?,
+            ),
+            (None, None) => None,
+        };
+        match (&self.scheduler_url, &self.node_hash, key) {
+            (None, None, None) => Ok(None),
+            (Some(url), Some(hash), Some(key)) => Ok(Some(HeartbeatSettings {
+                scheduler_url: url.trim_end_matches('/').to_owned(),
+                node_hash: hash.clone(),
+                node_key: key.trim().to_owned(),
+            })),
+            _ => anyhow::bail!(
+                "heartbeats need scheduler_url, node_hash and node_key (or node_key_file) together"
+            ),
+        }
+    }
+}
+
+/// Where and as whom heartbeats are sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeartbeatSettings {
+    pub scheduler_url: String,
+    pub node_hash: String,
+    /// Hex private key.
+    pub node_key: String,
+}
+
+impl std::fmt::Debug for HeartbeatSettings {
+    // The key stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatSettings")
+            .field("scheduler_url", &self.scheduler_url)
+            .field("node_hash", &self.node_hash)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +261,34 @@ mod tests {
         assert_eq!(config.diagnostic_program.as_deref(), Some("1234"));
         assert!(!config.watch_updates);
         assert_eq!(config.listen.port(), 4021);
+    }
+
+    #[test]
+    fn heartbeats_need_all_three_settings() {
+        assert_eq!(CrnConfig::default().heartbeats().unwrap(), None);
+        let partial = CrnConfig {
+            scheduler_url: Some("http://s".into()),
+            ..CrnConfig::default()
+        };
+        assert!(partial.heartbeats().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "ab\n").unwrap();
+        let config = CrnConfig {
+            scheduler_url: Some("http://s/".into()),
+            node_hash: Some("h".into()),
+            node_key_file: Some(dir.path().join("key")),
+            ..CrnConfig::default()
+        }
+        .with_env([("ALEPH_CRN_ALLOWED_SCHEDULERS".into(), "[\"0xabc\"]".into())])
+        .unwrap();
+        assert_eq!(config.allowed_schedulers, vec!["0xabc"]);
+        let settings = config.heartbeats().unwrap().unwrap();
+        assert_eq!(settings.scheduler_url, "http://s");
+        assert_eq!(settings.node_key, "ab");
+        assert!(
+            !format!("{settings:?}").contains("ab\""),
+            "the key is not printed"
+        );
     }
 
     #[test]

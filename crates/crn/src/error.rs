@@ -27,6 +27,10 @@ pub enum ProgramError {
     NoCapacity(String),
     #[error("the node is draining: it takes no new requests")]
     Draining,
+    /// A persistent program that the scheduler placed elsewhere (or not yet here):
+    /// starting it on request would run a second copy.
+    #[error("{0}")]
+    NotAllocated(String),
     /// The VM took the request but no answer came (the VM or its app died).
     #[error("{0}")]
     NoAnswer(String),
@@ -48,7 +52,9 @@ impl ProgramError {
             Self::NotFound(_) => 404,
             Self::Unsupported(_) | Self::StartFailed { .. } | Self::Internal(_) => 500,
             Self::NoAnswer(_) => 502,
-            Self::Unavailable(_) | Self::NoCapacity(_) | Self::Draining => 503,
+            Self::Unavailable(_) | Self::NoCapacity(_) | Self::Draining | Self::NotAllocated(_) => {
+                503
+            }
             Self::Timeout(_) => 504,
         }
     }

@@ -4,6 +4,7 @@
 use crate::config::CrnConfig;
 use crate::execution::prepare::BootImages;
 use crate::hypervisor::qemu::{AccelPolicy, QemuConfig, QemuDriver};
+use crate::persistent::Persistent;
 use crate::pool::Pool;
 use crate::pool::admission::Admission;
 use crate::records::Records;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 pub struct CrnHandle {
     addr: SocketAddr,
     pool: Arc<Pool>,
+    persistent: Arc<Persistent>,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -35,6 +37,11 @@ impl CrnHandle {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// The persistent programs' allocation and lease.
+    pub fn persistent(&self) -> &Arc<Persistent> {
+        &self.persistent
     }
 
     /// Stops serving. Running VMs are left running: a node started on the same data
@@ -113,6 +120,13 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let watch_updates = config.watch_updates;
+    let heartbeats = config.heartbeats()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let allowed_schedulers = config.allowed_schedulers.clone();
+    let heartbeat_interval = config.heartbeat_interval();
     let pool = Arc::new(Pool::new(
         config,
         Box::new(driver),
@@ -126,15 +140,40 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
         tracing::info!("took back {adopted} running VM(s)");
     }
 
+    // The programs the stored allocation lists are marked persistent before the idle
+    // reaper first runs, so an adopted one is never taken for an idle on-demand VM.
+    let persistent = Persistent::open(pool.clone(), heartbeats.is_some())?;
+    let sender = heartbeats
+        .map(|settings| {
+            crate::heartbeat::Sender::new(
+                persistent.clone(),
+                settings,
+                public_url,
+                heartbeat_interval,
+            )
+        })
+        .transpose()?;
+
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = vec![tokio::spawn(reap_idle(pool.clone(), stopped.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(reap_idle(pool.clone(), stopped.clone())),
+        tokio::spawn(crate::persistent::run(persistent.clone(), stopped.clone())),
+    ];
+    if let Some(sender) = sender {
+        tracing::info!("heartbeats signed by {}", sender.address());
+        tasks.push(tokio::spawn(sender.run(stopped.clone())));
+    }
     if watch_updates {
         tasks.push(tokio::spawn(crate::pool::updates::watch(
             pool.clone(),
             stopped.clone(),
         )));
     }
-    let app = crate::api::router(pool.clone());
+    let control = Arc::new(crate::control::Control::new(
+        allowed_schedulers,
+        persistent.clone(),
+    ));
+    let app = crate::api::router(pool.clone()).layer(axum::Extension(control));
     // A proxied answer is written as a head and a body: without TCP_NODELAY, Nagle's
     // algorithm holds the body until the client's delayed ACK, 40 ms later.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
@@ -158,6 +197,7 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
     Ok(CrnHandle {
         addr,
         pool,
+        persistent,
         stop,
         server,
         tasks,

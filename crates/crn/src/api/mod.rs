@@ -38,6 +38,10 @@ pub fn router(pool: Arc<Pool>) -> Router {
         .route("/about/capability", get(capability))
         .route("/status/config", get(config))
         .route("/status/check/fastapi", get(check_fastapi))
+        .route(
+            crate::control::ALLOCATIONS_PATH,
+            axum::routing::post(crate::control::allocations),
+        )
         .fallback(not_found)
         // Host-based routing comes first: on a program's host name every path is the program's.
         .layer(axum::middleware::from_fn_with_state(pool.clone(), by_host))

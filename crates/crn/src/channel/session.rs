@@ -37,8 +37,10 @@ struct Session {
 }
 
 /// How long the host stays away between a failed session and the next one. The agent
-/// notices a host leaving only when it reads while nobody is connected; a host that
-/// comes back at once can have its new session's bytes read by the agent's old one.
+/// ends a session at the next connection's preface or at a hang-up that lasts, and
+/// discards what a failed session left unread; answers it writes in the moment the
+/// host is gone would reach a host that came back at once, so the host comes back
+/// after a pause.
 pub const RESYNC_PAUSE: Duration = Duration::from_millis(500);
 
 impl Sessions {
@@ -122,8 +124,10 @@ impl Sessions {
             }
             stream = reader.into_inner();
         }
+        // Fixed windows (hyper's defaults: 2 MiB per stream, 5 MiB in all), not an
+        // adaptive one: that measures the link with PING frames, each one more
+        // virtio-serial message for the guest to answer.
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .adaptive_window(true)
             .max_concurrent_reset_streams(1024)
             .handshake(TokioIo::new(stream))
             .await

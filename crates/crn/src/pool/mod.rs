@@ -21,11 +21,11 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hyper::body::Incoming;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Starting = Shared<BoxFuture<'static, Result<Arc<Slot>, ProgramError>>>;
 
@@ -53,6 +53,11 @@ pub struct Pool {
     draining: AtomicBool,
     /// Whether the CCN's message stream is followed right now.
     following: AtomicBool,
+    /// Programs run as persistent executions (see [`crate::persistent`]): never
+    /// stopped for being idle, and given the lease when they start.
+    persistent: Mutex<HashSet<String>>,
+    /// Until when persistent VMs may run; `None` without a scheduler (no lease).
+    lease_until: Mutex<Option<Instant>>,
 }
 
 /// Execution ids name folders: short (Unix socket paths are limited) and unique.
@@ -84,6 +89,8 @@ impl Pool {
             entries: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             following: AtomicBool::new(false),
+            persistent: Mutex::new(HashSet::new()),
+            lease_until: Mutex::new(None),
         })
     }
 
@@ -119,6 +126,43 @@ impl Pool {
 
     fn set_following_updates(&self, following: bool) {
         self.following.store(following, Ordering::SeqCst);
+    }
+
+    /// Marks program `hash` as persistent or not.
+    pub fn set_persistent(&self, hash: &str, persistent: bool) {
+        let mut set = self.persistent.lock().expect("persistent");
+        if persistent {
+            set.insert(hash.to_owned());
+        } else {
+            set.remove(hash);
+        }
+    }
+
+    pub fn is_persistent(&self, hash: &str) -> bool {
+        self.persistent.lock().expect("persistent").contains(hash)
+    }
+
+    /// Sets the lease persistent VMs started from now on are given.
+    pub fn set_lease_until(&self, until: Option<Instant>) {
+        *self.lease_until.lock().expect("lease") = until;
+    }
+
+    /// What is left of the lease for a VM of `hash`: `None` when it gets none (not
+    /// persistent, or no lease at all).
+    pub fn guest_lease(&self, hash: &str) -> Option<Duration> {
+        if !self.is_persistent(hash) {
+            return None;
+        }
+        let until = (*self.lease_until.lock().expect("lease"))?;
+        Some(until.saturating_duration_since(Instant::now()))
+    }
+
+    /// The running execution of `hash`, if any (none while it starts).
+    pub fn execution(&self, hash: &str) -> Option<Arc<Execution>> {
+        match self.entries.lock().expect("entries").get(hash) {
+            Some(Entry::Running(slot)) => Some(slot.execution.clone()),
+            _ => None,
+        }
     }
 
     /// Running executions, by program hash.
@@ -211,6 +255,15 @@ impl Pool {
         let program = self.resources.program(hash).await?;
         lap(&mut startup.message);
         let content = &program.content;
+        // Under a scheduler a persistent program runs where it was allocated and nowhere
+        // else; without one, requests are all that can start it.
+        if content.on.persistent && self.config.scheduler_url.is_some() && !self.is_persistent(hash)
+        {
+            return Err(ProgramError::NotAllocated(format!(
+                "program {hash} is persistent and not allocated to this node; the scheduler \
+                 says where it runs (GET /api/v0/allocation/{hash})"
+            )));
+        }
         let reservation = self
             .admission
             .reserve(Amount {
@@ -276,9 +329,27 @@ impl Pool {
                     traceback: Some(console_tail(&folder)),
                 })?;
             lap(&mut startup.agent);
+            // A persistent VM holds the lease before its app starts: should this node
+            // die from here on, the VM still stops by itself.
+            if let Some(left) = self.guest_lease(hash) {
+                crate::persistent::guest::renew(&channel, left)
+                    .await
+                    .map_err(|e| ProgramError::StartFailed {
+                        error: format!("the VM's agent did not take the lease: {e}"),
+                        traceback: None,
+                    })?;
+            }
             // The agent bounds the app's start itself; this bounds a lost answer.
             let limit = self.config.boot_timeout() + Duration::from_secs(30);
-            tokio::time::timeout(limit, channel.configure(&file.prepared.agent))
+            // An app may take longer to start than a lease lasts: the lease is renewed
+            // meanwhile (heartbeats renew only running VMs).
+            let configure = async {
+                tokio::select! {
+                    reply = channel.configure(&file.prepared.agent) => reply,
+                    never = crate::persistent::guest::keep_renewing(&channel, || self.guest_lease(hash)) => match never {},
+                }
+            };
+            tokio::time::timeout(limit, configure)
                 .await
                 .map_err(|_| ProgramError::StartFailed {
                     error: format!(
@@ -468,6 +539,9 @@ impl Pool {
     pub async fn stop_idle(&self) {
         let timeout = self.config.idle_timeout();
         for (hash, slot) in self.slots() {
+            if self.is_persistent(&hash) {
+                continue;
+            }
             if slot.execution.begin_stop_if_idle(timeout) {
                 self.finish_stop(&hash, slot, "idle").await;
             }

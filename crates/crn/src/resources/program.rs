@@ -29,6 +29,16 @@ pub struct ProgramContent {
     /// The original PROGRAM this one amends.
     #[serde(default)]
     pub replaces: Option<String>,
+    #[serde(default)]
+    pub on: Triggers,
+}
+
+/// `on`: what starts the program. Only `persistent` matters here (HTTP requests start
+/// any program that is not persistent).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Triggers {
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
