@@ -1,14 +1,16 @@
-//! What every command gets from the global options: the CCN to talk to, the
-//! key to sign with, and how to print.
+//! What every command gets from the global options: the CCN and the scheduler
+//! to talk to, the key to sign with, and how to print.
 
 use crate::client::CcnClient;
 use crate::keystore::Keystore;
 use crate::output::Output;
+use crate::scheduler::SchedulerClient;
 use aleph_protocol::signing::Signer;
 use anyhow::{Result, bail};
 
 pub struct Context {
     pub ccn_url: String,
+    pub scheduler_url: String,
     pub private_key: Option<String>,
     pub account: Option<String>,
     pub out: Output,
@@ -17,6 +19,10 @@ pub struct Context {
 impl Context {
     pub fn client(&self) -> Result<CcnClient> {
         CcnClient::new(&self.ccn_url)
+    }
+
+    pub fn scheduler(&self) -> Result<SchedulerClient> {
+        SchedulerClient::new(&self.scheduler_url)
     }
 
     /// The signing key: `--private-key`, else `--account NAME`, else the

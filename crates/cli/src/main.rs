@@ -7,6 +7,7 @@ mod context;
 mod keystore;
 mod output;
 mod rejection;
+mod scheduler;
 
 use clap::{Parser, Subcommand};
 use client::CcnError;
@@ -29,6 +30,15 @@ struct Cli {
         default_value = "http://127.0.0.1:4024"
     )]
     ccn: String,
+
+    /// URL of the scheduler that places persistent programs (`aleph-node scheduler`).
+    #[arg(
+        long,
+        global = true,
+        env = "ALEPH_SCHEDULER_URL",
+        default_value = "http://127.0.0.1:4030"
+    )]
+    scheduler: String,
 
     /// Sign with this private key (64 hex characters); takes precedence over --account.
     #[arg(long, global = true, value_name = "HEX")]
@@ -73,6 +83,13 @@ enum Command {
         #[command(subcommand)]
         command: commands::program::ProgramCommand,
     },
+    /// Stop keeping a persistent program running (`program unpersist`).
+    Unpersist(commands::program::PersistArgs),
+    /// The compute nodes the scheduler knows.
+    Node {
+        #[command(subcommand)]
+        command: commands::node::NodeCommand,
+    },
 }
 
 #[tokio::main]
@@ -81,6 +98,7 @@ async fn main() -> ExitCode {
     let out = Output { json: cli.json };
     let ctx = Context {
         ccn_url: cli.ccn,
+        scheduler_url: cli.scheduler,
         private_key: cli.private_key,
         account: cli.account,
         out,
@@ -91,6 +109,8 @@ async fn main() -> ExitCode {
         Command::Message { command } => commands::message::run(&ctx, command).await,
         Command::Aggregate { command } => commands::aggregate::run(&ctx, command).await,
         Command::Program { command } => commands::program::run(&ctx, command).await,
+        Command::Unpersist(args) => commands::program::set_persistent(&ctx, args, false).await,
+        Command::Node { command } => commands::node::run(&ctx, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,21 +1,27 @@
 //! `aleph-node devnet`: a whole network on loopback for development and tests.
 //!
-//! A CCN in this process with pre-funded accounts, and one CRN as a child
-//! process (`aleph-node crn`, see [`crn`]) serving programs from microVMs. The
-//! guest images are built on first use (cached); the Python runtime is published
-//! as a STORE and named the default runtime (see [`runtime`]). Without the images
-//! or the agent to build them, the devnet runs its CCN alone and says why.
+//! A CCN in this process with pre-funded accounts, the scheduler of persistent
+//! programs in this process too (SQLite in `DIR/scheduler`, a 10 s grace
+//! period, a 6 s lease), and `--crns N` CRNs as child processes (`aleph-node
+//! crn`, see [`crn`]) serving programs from microVMs, each registered on the
+//! CCN by its operator (see [`nodes`]) and heartbeating to the scheduler every
+//! 2 s. The guest images are built on first use (cached); the Python runtime is
+//! published as a STORE and named the default runtime (see [`runtime`]).
+//! Without the images or the agent to build them, the devnet runs its CCN alone
+//! and says why.
 //!
 //! The accounts' keys are derived from fixed seeds, so every devnet has the same
 //! ones and scripts can rely on them; `DIR/devnet.json` says where everything
 //! is, and is written only once everything answers.
 
 mod crn;
+mod nodes;
 mod programs;
 mod runtime;
 
 use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
 use aleph_crn::images::{self, BuildOptions, GuestImages, NoProgress, Progress, StderrProgress};
+use aleph_protocol::signing::Signer;
 use aleph_types::account::{Account, EvmAccount};
 use aleph_types::chain::Chain;
 use anyhow::{Context, Result};
@@ -42,10 +48,19 @@ pub struct Args {
     /// How many funded accounts to create.
     #[arg(long, default_value_t = 5)]
     accounts: usize,
-    /// Loopback port of the CRN (0 picks a free one).
+    /// How many CRNs to run (each its own process, data folder and operator).
+    #[arg(long, default_value_t = 3)]
+    crns: usize,
+    /// Loopback port of the first CRN; the others take the next ones (0: free ports).
     #[arg(long, default_value_t = 4020)]
     crn_port: u16,
-    /// Run the CCN only: no images, no CRN.
+    /// Loopback port of the scheduler (0 picks a free one).
+    #[arg(long, default_value_t = 4030)]
+    scheduler_port: u16,
+    /// Seconds between two heartbeats of each CRN.
+    #[arg(long, default_value_t = 2)]
+    heartbeat_seconds: u64,
+    /// Run the CCN only: no images, no scheduler, no CRN.
     #[arg(long)]
     no_crn: bool,
     /// Where the guest images are built and cached (`aleph-node images build
@@ -66,6 +81,11 @@ struct DevnetInfo {
     ccn_url: String,
     crn_urls: Vec<String>,
     scheduler_url: Option<String>,
+    /// The scheduler's key address: the CRNs accept allocations it signs.
+    scheduler_address: Option<String>,
+    /// Each CRN: its URL, node hash, operator, settings file (`aleph-node crn
+    /// --config` restarts it), log and process id.
+    crns: Vec<CrnInfo>,
     accounts: Vec<DevnetAccount>,
     /// The STORE of the Python runtime, default of `aleph program upload`.
     default_runtime: Option<String>,
@@ -80,6 +100,18 @@ struct DevnetInfo {
 }
 
 #[derive(Debug, Clone, Serialize)]
+struct CrnInfo {
+    url: String,
+    node_hash: Option<String>,
+    /// The operator's address: it registered the node and signs its heartbeats.
+    operator: Option<String>,
+    config: PathBuf,
+    log: PathBuf,
+    data_dir: PathBuf,
+    pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
 struct DevnetAccount {
     address: String,
     /// `0x` and 64 hex characters.
@@ -88,10 +120,16 @@ struct DevnetAccount {
 
 pub async fn run(args: Args) -> Result<()> {
     let accounts = devnet_accounts(args.accounts.max(1))?;
+    // The CRNs' operators post their registrations; funded like the accounts.
+    let operators = (0..args.crns)
+        .map(|i| Signer::from_hex(&nodes::operator_key(i)).map(|s| s.address().to_owned()))
+        .collect::<Result<Vec<_>, _>>()?;
     let funded = accounts
         .iter()
-        .map(|a| FundedAccount {
-            address: a.address.clone(),
+        .map(|a| a.address.clone())
+        .chain(operators)
+        .map(|address| FundedAccount {
+            address,
             balance: FUNDED_TOKENS,
             credit_balance: FUNDED_CREDITS,
         })
@@ -109,6 +147,8 @@ pub async fn run(args: Args) -> Result<()> {
         ccn_url: ccn.url(),
         crn_urls: Vec::new(),
         scheduler_url: None,
+        scheduler_address: None,
+        crns: Vec::new(),
         accounts,
         default_runtime: None,
         images_address: None,
@@ -116,12 +156,12 @@ pub async fn run(args: Args) -> Result<()> {
         crn_unavailable: None,
         example: None,
     };
-    let mut crn = None;
+    let mut compute = None;
     if args.no_crn {
         info.crn_unavailable = Some("started with --no-crn".into());
     } else {
         match start_compute(&args, &ccn, &mut info).await {
-            Ok(child) => crn = Some(child),
+            Ok(started) => compute = Some(started),
             Err(e) => {
                 let reason = format!("{e:#}");
                 eprintln!("devnet: running the CCN only, without a CRN: {reason}");
@@ -130,7 +170,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     if args.example {
-        match &crn {
+        match compute.as_ref().and_then(|c| c.crns.first()) {
             Some(child) => {
                 let folder = programs::example_folder(args.example_dir.clone());
                 eprintln!(
@@ -155,35 +195,53 @@ pub async fn run(args: Args) -> Result<()> {
 
     let info_path = args.data_dir.join("devnet.json");
     write_info(&info_path, &info)?;
-    print_summary(&info, &info_path, crn.as_ref().map(|c| c.log.as_path()));
+    print_summary(&info, &info_path);
 
-    match crn.as_mut() {
-        Some(child) => tokio::select! {
-            signal = wait_for_stop_signal() => signal?,
-            status = child.exited() => {
-                // A dead CRN is what a test may cause on purpose; the CCN stays.
-                tracing::warn!("the devnet's CRN exited ({status:?}); the CCN keeps running");
-                wait_for_stop_signal().await?;
+    let stop = wait_for_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            signal = &mut stop => {
+                signal?;
+                break;
             }
-        },
-        None => wait_for_stop_signal().await?,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                // A dead CRN is what a test may cause on purpose; the rest stays.
+                for child in compute.iter_mut().flat_map(|c| c.crns.iter_mut()) {
+                    if let Some(status) = child.newly_exited() {
+                        tracing::warn!("the devnet's CRN {} exited ({status}); the rest keeps running", child.url);
+                    }
+                }
+            }
+        }
     }
     tracing::info!("stopping the devnet");
-    if let Some(child) = crn {
-        child.stop(Duration::from_secs(20)).await;
-    } else if !args.no_crn {
-        crn::stop_left_vms(&args.data_dir.join("crn"));
+    if let Some(compute) = compute {
+        let crns: Vec<_> = compute
+            .crns
+            .into_iter()
+            .map(|child| child.stop(Duration::from_secs(20)))
+            .collect();
+        futures::future::join_all(crns).await;
+        compute.scheduler.shutdown().await;
+    }
+    // VMs of CRNs that died (or were restarted by someone else) end with the devnet too.
+    for crn in &info.crns {
+        crn::stop_left_vms(&crn.data_dir);
     }
     ccn.shutdown().await;
     Ok(())
 }
 
-/// Images (built if missing), the runtime published, and the CRN started.
-async fn start_compute(
-    args: &Args,
-    ccn: &CcnHandle,
-    info: &mut DevnetInfo,
-) -> Result<crn::CrnChild> {
+/// The scheduler and the CRN processes of a running devnet.
+struct Compute {
+    scheduler: aleph_scheduler::Scheduler,
+    crns: Vec<crn::CrnChild>,
+}
+
+/// Images (built if missing), the runtime published, the scheduler started,
+/// and the CRNs registered and started.
+async fn start_compute(args: &Args, ccn: &CcnHandle, info: &mut DevnetInfo) -> Result<Compute> {
     if !crn::available().await {
         anyhow::bail!("this aleph-node has no `crn` subcommand (rebuild it from a newer tree)");
     }
@@ -198,22 +256,93 @@ async fn start_compute(
         .context("publishing the Python runtime")?;
     info.default_runtime = Some(published);
     info.images_address = Some(owner.address.clone());
-    let port = match args.crn_port {
-        0 => crn::free_port()?,
-        port => port,
-    };
-    let crn_url = format!("http://{}", SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    info.diagnostic_program = publish_diagnostic(&info.ccn_url, &crn_url, &owner.private_key).await;
-    let child = crn::start(crn::CrnOptions {
-        ccn_url: &info.ccn_url,
-        data_dir: &args.data_dir.join("crn"),
-        images_dir: &images_dir,
-        port,
-        diagnostic_program: info.diagnostic_program.as_deref(),
-    })
-    .await?;
-    info.crn_urls.push(child.url.clone());
-    Ok(child)
+    let ports = (0..args.crns)
+        .map(|i| match args.crn_port {
+            0 => crn::free_port(),
+            port => u16::try_from(usize::from(port) + i).context("CRN ports past 65535"),
+        })
+        .collect::<Result<Vec<u16>>>()?;
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|&port| format!("http://{}", SocketAddr::from((Ipv4Addr::LOCALHOST, port))))
+        .collect();
+    if let Some(first) = urls.first() {
+        info.diagnostic_program =
+            publish_diagnostic(&info.ccn_url, first, &owner.private_key).await;
+    }
+
+    let mut config = aleph_scheduler::SchedulerConfig::new(
+        info.ccn_url.clone(),
+        args.data_dir.join("scheduler"),
+    );
+    config.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, args.scheduler_port));
+    config.grace = aleph_scheduler::DEVNET_GRACE;
+    config.lease_seconds = aleph_scheduler::DEVNET_LEASE_SECONDS;
+    let scheduler = aleph_scheduler::start(config)
+        .await
+        .context("starting the devnet's scheduler")?;
+    info.scheduler_url = Some(scheduler.url());
+    info.scheduler_address = Some(scheduler.address().to_owned());
+
+    let mut registrations = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let name = format!("devnet-crn-{}", i + 1);
+        let registration = nodes::register(ccn, &nodes::operator_key(i), &name, url)
+            .await
+            .with_context(|| format!("registering {name} ({url}) on the CCN"))?;
+        registrations.push(registration);
+    }
+    // Started together: each probes KVM and prepares before it answers.
+    let keys: Vec<String> = (0..args.crns).map(nodes::operator_key).collect();
+    let data_dirs: Vec<PathBuf> = (0..args.crns)
+        .map(|i| args.data_dir.join(format!("crn-{}", i + 1)))
+        .collect();
+    let scheduler_url = scheduler.url();
+    let starts = (0..args.crns).map(|i| {
+        crn::start(crn::CrnOptions {
+            ccn_url: &info.ccn_url,
+            data_dir: &data_dirs[i],
+            images_dir: &images_dir,
+            port: ports[i],
+            diagnostic_program: info.diagnostic_program.as_deref(),
+            scheduler: Some(crn::SchedulerLink {
+                scheduler_url: &scheduler_url,
+                node_hash: &registrations[i].node_hash,
+                node_key: &keys[i],
+                scheduler_address: scheduler.address(),
+                heartbeat_interval_seconds: args.heartbeat_seconds,
+            }),
+        })
+    });
+    let results = futures::future::join_all(starts).await;
+    let mut crns = Vec::new();
+    let mut failure = None;
+    for result in results {
+        match result {
+            Ok(child) => crns.push(child),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
+        for child in crns {
+            child.stop(Duration::from_secs(20)).await;
+        }
+        scheduler.shutdown().await;
+        return Err(e);
+    }
+    for (child, registration) in crns.iter().zip(&registrations) {
+        info.crn_urls.push(child.url.clone());
+        info.crns.push(CrnInfo {
+            url: child.url.clone(),
+            node_hash: Some(registration.node_hash.clone()),
+            operator: Some(registration.owner.clone()),
+            config: child.config.clone(),
+            log: child.log.clone(),
+            data_dir: child.data_dir.clone(),
+            pid: child.pid(),
+        });
+    }
+    Ok(Compute { scheduler, crns })
 }
 
 /// Uploads the CRN's diagnostic program; without the CLI or the program's
@@ -298,14 +427,19 @@ fn write_info(path: &Path, info: &DevnetInfo) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-fn print_summary(info: &DevnetInfo, info_path: &Path, crn_log: Option<&Path>) {
+fn print_summary(info: &DevnetInfo, info_path: &Path) {
     println!("Aleph devnet running (Ctrl-C to stop)");
     println!("  CCN:         {}", info.ccn_url);
-    for url in &info.crn_urls {
-        println!("  CRN:         {url}");
+    if let Some(url) = &info.scheduler_url {
+        println!("  Scheduler:   {url} (grace 10 s, lease 6 s)");
     }
-    if let Some(log) = crn_log {
-        println!("  CRN log:     {}", log.display());
+    for crn in &info.crns {
+        println!(
+            "  CRN:         {}  node {}  log {}",
+            crn.url,
+            crn.node_hash.as_deref().unwrap_or("-"),
+            crn.log.display()
+        );
     }
     if let Some(reason) = &info.crn_unavailable {
         println!("  CRN:         none ({reason})");
@@ -335,6 +469,13 @@ fn print_summary(info: &DevnetInfo, info_path: &Path, crn_log: Option<&Path>) {
             "       aleph --ccn {} --private-key {key} program upload examples/hello main:app --crn {crn}",
             info.ccn_url
         );
+    }
+    if let Some(scheduler) = &info.scheduler_url {
+        println!(
+            "       aleph --ccn {} --scheduler {scheduler} --private-key {key} program upload --persistent examples/hello main:app",
+            info.ccn_url
+        );
+        println!("       aleph --scheduler {scheduler} node list");
     }
     if let Some(example) = &info.example {
         println!("  Example program {}:", example.item_hash);
@@ -386,6 +527,8 @@ mod tests {
             ccn_url: "http://127.0.0.1:4024".into(),
             crn_urls: Vec::new(),
             scheduler_url: None,
+            scheduler_address: None,
+            crns: Vec::new(),
             accounts: devnet_accounts(1).unwrap(),
             default_runtime: None,
             images_address: None,

@@ -5,6 +5,7 @@ mod ccn;
 mod crn;
 mod devnet;
 mod images;
+mod scheduler;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Ccn(ccn::Args),
     /// Run a Compute Resource Node (on-demand programs in microVMs).
     Crn(crn::Args),
+    /// Run the scheduler of persistent VMs (registry, heartbeats, placement, failover).
+    Scheduler(scheduler::Args),
     /// Run a local network on loopback: a CCN with pre-funded accounts.
     Devnet(devnet::Args),
     /// Build and cache the guest images (kernel, initramfs, runtimes).
@@ -44,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ccn(args) => ccn::run(args).await,
         Command::Crn(args) => crn::run(args).await,
+        Command::Scheduler(args) => scheduler::run(args).await,
         Command::Devnet(args) => devnet::run(args).await,
         Command::Images(args) => images::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -108,6 +108,11 @@ fn start_devnet(images: &Path, extra: &[&str]) -> (Devnet, Value) {
             "0",
             "--crn-port",
             "0",
+            "--scheduler-port",
+            "0",
+            // One CRN: these tests are about on-demand programs (e2e_failover runs three).
+            "--crns",
+            "1",
             "--accounts",
             "2",
         ])
@@ -224,7 +229,8 @@ async fn hello_is_uploaded_answers_warm_updates_and_round_trips_a_post() {
         panic!(
             "the devnet has no CRN ({}); its log: {}",
             info["crn_unavailable"],
-            std::fs::read_to_string(devnet.dir.path().join("net/crn/crn.log")).unwrap_or_default()
+            std::fs::read_to_string(devnet.dir.path().join("net/crn-1/crn.log"))
+                .unwrap_or_default()
         )
     });
     assert!(info["default_runtime"].is_string(), "{info}");

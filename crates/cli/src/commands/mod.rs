@@ -4,6 +4,7 @@ pub mod account;
 pub mod aggregate;
 pub mod file;
 pub mod message;
+pub mod node;
 pub mod program;
 
 use crate::client::{Accepted, CcnClient};

@@ -1,4 +1,5 @@
-//! `aleph program upload|update|list|delete`: serverless programs.
+//! `aleph program upload|update|list|delete|persist|unpersist|status`:
+//! serverless programs.
 //!
 //! A program is two messages: a STORE pinning its code (a zip of the folder)
 //! and a PROGRAM saying how to run it (entrypoint, runtime, resources). The
@@ -6,12 +7,18 @@
 //! `{base32(hash)}.{domain}`. A new version of the code is a STORE whose `ref`
 //! is the original code STORE; the program keeps its hash and CRNs run the
 //! newest version because `code.use_latest` is set.
+//!
+//! A persistent program (`on.persistent`) is kept running on one node by the
+//! scheduler instead of booted on demand. As upstream, making a program
+//! persistent or not posts a copy of its PROGRAM with the flag flipped (a new
+//! hash) and forgets the old one, so the scheduler drops it.
 
 use super::file::{self, PaymentChoice};
 use super::publish;
 use crate::archive;
 use crate::client::CcnClient;
 use crate::context::Context;
+use aleph_protocol::scheduler::{AllocationEntry, VmEntry, vm_status};
 use aleph_protocol::signing::Signer;
 use aleph_types::item_hash::ItemHash;
 use aleph_types::message::execution::base::{Encoding, ExecutableContent, Payment};
@@ -64,6 +71,31 @@ pub enum ProgramCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Keep a program running on one node (placed by the scheduler): posts a
+    /// copy with `on.persistent` set (a new hash) and forgets the old one.
+    Persist(PersistArgs),
+    /// Run a persistent program on demand again: posts a copy without
+    /// `on.persistent` (a new hash) and forgets the old one, which stops it.
+    Unpersist(PersistArgs),
+    /// Where a persistent program runs and since when (the scheduler's view),
+    /// or that it runs on demand.
+    Status {
+        /// The PROGRAM (or INSTANCE) message's hash.
+        hash: String,
+        #[command(flatten)]
+        crn: CrnArg,
+    },
+}
+
+#[derive(Args)]
+pub struct PersistArgs {
+    /// The PROGRAM message's hash.
+    hash: String,
+    /// Channel of the new PROGRAM; default: the old one's.
+    #[arg(long)]
+    channel: Option<String>,
+    #[command(flatten)]
+    crn: CrnArg,
 }
 
 #[derive(Args)]
@@ -138,6 +170,9 @@ pub async fn run(ctx: &Context, command: ProgramCommand) -> Result<()> {
             keep_code,
             reason,
         } => delete(ctx, &hash, keep_code, reason).await,
+        ProgramCommand::Persist(args) => set_persistent(ctx, args, true).await,
+        ProgramCommand::Unpersist(args) => set_persistent(ctx, args, false).await,
+        ProgramCommand::Status { hash, crn } => status(ctx, &hash, &crn.crn).await,
     }
 }
 
@@ -232,6 +267,9 @@ async fn upload(ctx: &Context, args: UploadArgs) -> Result<()> {
     let item_hash = message.item_hash.to_string();
     let url = vm_url(&args.crn.crn, &item_hash);
     let host = hostname(&item_hash);
+    let allocation_url = args
+        .persistent
+        .then(|| allocation_url(&ctx.scheduler_url, &item_hash));
     let value = json!({
         "item_hash": item_hash,
         "status": accepted.status,
@@ -244,6 +282,8 @@ async fn upload(ctx: &Context, args: UploadArgs) -> Result<()> {
         "entrypoint": args.entrypoint,
         "runtime": runtime.reference.to_string(),
         "name": name,
+        "persistent": args.persistent,
+        "allocation_url": allocation_url,
     });
     ctx.out.result(&value, || {
         let mut lines = vec![
@@ -255,12 +295,26 @@ async fn upload(ctx: &Context, args: UploadArgs) -> Result<()> {
                 args.path.display()
             ),
             format!("  runtime:  {}", runtime.reference),
-            format!("  URL:      {url}"),
         ];
+        // A persistent program answers on the node the scheduler places it on, which
+        // this CRN may not be (it then answers 503).
+        if allocation_url.is_none() {
+            lines.push(format!("  URL:      {url}"));
+        }
         if let Some(host) = &host {
             lines.push(format!("  host:     {host}.<domain of the CRN>"));
         }
-        lines.push(format!("Try: curl {url}"));
+        match &allocation_url {
+            Some(allocation) => {
+                lines.push(format!(
+                    "  persistent: the scheduler places it on a node ({allocation})"
+                ));
+                lines.push(format!(
+                    "Where it runs (and its URL): aleph program status {item_hash}"
+                ));
+            }
+            None => lines.push(format!("Try: curl {url}")),
+        }
         lines.join("\n")
     });
     Ok(())
@@ -450,6 +504,236 @@ async fn delete(ctx: &Context, hash: &str, keep_code: bool, reason: Option<Strin
     Ok(())
 }
 
+/// `program persist|unpersist` and `aleph unpersist`: posts a copy of the
+/// PROGRAM with `on.persistent` flipped (fresh time, same code, runtime and
+/// resources), then forgets the old one so the scheduler stops it.
+pub async fn set_persistent(ctx: &Context, args: PersistArgs, persistent: bool) -> Result<()> {
+    let signer = ctx.signer()?;
+    let client = ctx.client()?;
+    let old_hash = args.hash.trim();
+    let message = own_program_message(&client, &signer, old_hash).await?;
+    let content = &message["content"];
+    let state = |p: bool| if p { "persistent" } else { "on demand" };
+    if is_persistent(content) == persistent {
+        bail!(
+            "program {old_hash} is already {}: nothing to do",
+            state(persistent)
+        );
+    }
+    let copy = persistent_copy(content, persistent)?;
+    let channel = args
+        .channel
+        .or_else(|| message["channel"].as_str().map(str::to_owned));
+    let (posted, accepted) = publish(&client, &signer, MessageType::Program, &copy, channel)
+        .await
+        .with_context(|| format!("posting the {} copy of {old_hash}", state(persistent)))?;
+    let item_hash = posted.item_hash.to_string();
+    let reason = format!("replaced by {item_hash} ({})", state(persistent));
+    let (forget, _) = publish(
+        &client,
+        &signer,
+        MessageType::Forget,
+        &ForgetContent::new(
+            vec![parse_hash(old_hash, "the program")?],
+            Vec::new(),
+            Some(reason),
+        ),
+        None,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "program {item_hash} is posted, but the old {old_hash} could not be forgotten (it may still run): `aleph message forget {old_hash}`"
+        )
+    })?;
+
+    let url = vm_url(&args.crn.crn, &item_hash);
+    let allocation = persistent.then(|| allocation_url(&ctx.scheduler_url, &item_hash));
+    let value = json!({
+        "old_hash": old_hash,
+        "item_hash": item_hash,
+        "status": accepted.status,
+        "url": url,
+        "hostname": hostname(&item_hash),
+        "persistent": persistent,
+        "forget_hash": forget.item_hash.to_string(),
+        "allocation_url": allocation,
+    });
+    ctx.out.result(&value, || {
+        let mut lines = vec![
+            format!(
+                "program {item_hash} ({}), {}: a copy of {old_hash}, which is forgotten",
+                accepted.describe(),
+                state(persistent)
+            ),
+            format!("  URL: {url}"),
+        ];
+        match &allocation {
+            Some(allocation) => {
+                lines.push(format!(
+                    "  the scheduler places it on a node ({allocation}); where it runs: aleph program status {item_hash}"
+                ));
+            }
+            None => lines.push(format!(
+                "  it no longer runs permanently; a CRN boots it at its first request: curl {url}"
+            )),
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+/// Whether a PROGRAM's content asks to be kept running.
+fn is_persistent(content: &Value) -> bool {
+    content["on"]["persistent"].as_bool() == Some(true)
+}
+
+/// The content to post for a copy of a PROGRAM with `on.persistent` set to
+/// `persistent`: everything as it was but `address` and `time` (the signer
+/// sets them afresh) and `replaces` (the copy replaces nothing).
+fn persistent_copy(content: &Value, persistent: bool) -> Result<Value> {
+    let Value::Object(fields) = content else {
+        bail!("the PROGRAM's content is not an object");
+    };
+    let mut copy = fields.clone();
+    copy.remove("address");
+    copy.remove("time");
+    if copy.contains_key("replaces") {
+        copy.insert("replaces".into(), Value::Null);
+    }
+    let on = copy.entry("on").or_insert_with(|| json!({"http": true}));
+    let Value::Object(on) = on else {
+        bail!("the PROGRAM's `on` is not an object");
+    };
+    on.insert("persistent".into(), Value::Bool(persistent));
+    Ok(Value::Object(copy))
+}
+
+/// `program status`: on demand, or the scheduler's view of where it runs.
+async fn status(ctx: &Context, hash: &str, crn: &str) -> Result<()> {
+    parse_hash(hash, "the program")?;
+    let Some(status) = ctx.client()?.message(hash).await? else {
+        bail!("the CCN does not know the message {hash}");
+    };
+    match status["status"].as_str() {
+        Some("processed") => {}
+        Some("forgotten") => bail!(
+            "program {hash} is forgotten: it runs nowhere (a program made persistent or on demand has a new hash: see `aleph program list`)"
+        ),
+        Some(other) => bail!("message {hash} is {other}, not a live program"),
+        None => bail!("the CCN sent no status for {hash}"),
+    }
+    let message = &status["message"];
+    let kind = message["type"]
+        .as_str()
+        .unwrap_or("message of unknown type");
+    if kind != "PROGRAM" && kind != "INSTANCE" {
+        bail!("message {hash} is a {kind}, not a PROGRAM");
+    }
+    if kind == "PROGRAM" && !is_persistent(&message["content"]) {
+        let url = vm_url(crn, hash);
+        let value = json!({
+            "item_hash": hash,
+            "persistent": false,
+            "status": "on-demand",
+            "url": url,
+        });
+        ctx.out.result(&value, || {
+            format!(
+                "program {hash} runs on demand: a CRN boots it at its first request and stops it when idle\nTry: curl {url}"
+            )
+        });
+        return Ok(());
+    }
+    let scheduler = ctx.scheduler()?;
+    let vm = scheduler.vm(hash).await?;
+    let allocation = scheduler.allocation(hash).await?;
+    let (value, text) = placement(hash, vm.as_ref(), allocation.as_ref(), scheduler.base());
+    ctx.out.result(&value, || text);
+    Ok(())
+}
+
+/// What `program status` says of a persistent VM from the scheduler's two
+/// answers: its entry in `/api/v1/vms` and its allocation, if any.
+fn placement(
+    hash: &str,
+    vm: Option<&VmEntry>,
+    allocation: Option<&AllocationEntry>,
+    scheduler: &str,
+) -> (Value, String) {
+    let node_hash = allocation
+        .map(|a| a.node.node_id.clone())
+        .or_else(|| vm.and_then(|v| v.allocated_node.clone()));
+    let node_url = allocation
+        .map(|a| a.node.url.clone())
+        .or_else(|| vm.and_then(|v| v.allocated_url.clone()));
+    let since = allocation
+        .map(|a| a.since.clone())
+        .or_else(|| vm.and_then(|v| v.since.clone()));
+    let status = vm.map(|v| v.status.clone()).unwrap_or_else(|| {
+        if allocation.is_some() {
+            vm_status::SCHEDULED.to_owned()
+        } else {
+            "unknown".to_owned()
+        }
+    });
+    let reason = vm.and_then(|v| v.reason.clone());
+    let url = node_url.as_deref().map(|n| vm_url(n, hash));
+    let value = json!({
+        "item_hash": hash,
+        "persistent": true,
+        "vm_type": vm.map(|v| v.vm_type.clone()).or_else(|| allocation.map(|a| a.vm_type.clone())),
+        "status": status,
+        "node": node_hash.as_ref().map(|h| json!({"hash": h, "url": node_url})),
+        "url": url,
+        "since": since,
+        "reason": reason,
+        "allocation_version": allocation.map(|a| a.allocation_version),
+        "owner": vm.map(|v| v.owner.clone()),
+    });
+    let since_text = since
+        .as_deref()
+        .map(|s| format!(" since {s}"))
+        .unwrap_or_default();
+    let node_text = match (&node_hash, &node_url) {
+        (Some(h), Some(u)) => format!("node {h} ({u})"),
+        (Some(h), None) => format!("node {h}"),
+        _ => "no node".to_owned(),
+    };
+    let text = match (vm, status.as_str()) {
+        (None, _) if allocation.is_none() => format!(
+            "program {hash} is persistent, but the scheduler at {scheduler} does not track it yet (it reads new programs from the CCN within seconds; ask again)"
+        ),
+        (_, vm_status::UNSCHEDULABLE) => format!(
+            "program {hash} is persistent but cannot be placed{since_text}: {}",
+            reason.as_deref().unwrap_or("the scheduler gave no reason")
+        ),
+        (_, vm_status::MISSING) => format!(
+            "program {hash} was on {node_text}, which went silent{since_text}; the scheduler is placing it on another node"
+        ),
+        (_, vm_status::REMOVED) => format!(
+            "program {hash} is no longer persistent (forgotten, replaced or unpersisted){since_text}; it runs nowhere"
+        ),
+        _ => {
+            let mut lines = vec![format!(
+                "program {hash} is {status} on {node_text}{since_text}"
+            )];
+            if let Some(url) = &url {
+                lines.push(format!("Try: curl {url}"));
+            }
+            lines.join("\n")
+        }
+    };
+    (value, text)
+}
+
+fn allocation_url(scheduler: &str, hash: &str) -> String {
+    format!(
+        "{}/api/v0/allocation/{hash}",
+        scheduler.trim_end_matches('/')
+    )
+}
+
 /// The code STORE and every new version of it (STOREs whose `ref` is it)
 /// that `owner` posted and that are not forgotten yet.
 async fn code_versions(client: &CcnClient, owner: &str, code_ref: &str) -> Result<Vec<String>> {
@@ -482,6 +766,11 @@ async fn code_versions(client: &CcnClient, owner: &str, code_ref: &str) -> Resul
 
 /// The content of a processed PROGRAM owned by the signer, or a clear error.
 async fn own_program(client: &CcnClient, signer: &Signer, hash: &str) -> Result<Value> {
+    Ok(own_program_message(client, signer, hash).await?["content"].take())
+}
+
+/// The message of a processed PROGRAM owned by the signer, or a clear error.
+async fn own_program_message(client: &CcnClient, signer: &Signer, hash: &str) -> Result<Value> {
     parse_hash(hash, "the program")?;
     let Some(status) = client.message(hash).await? else {
         bail!("the CCN does not know the message {hash}");
@@ -491,7 +780,7 @@ async fn own_program(client: &CcnClient, signer: &Signer, hash: &str) -> Result<
         Some(other) => bail!("message {hash} is {other}, not a live program"),
         None => bail!("the CCN sent no status for {hash}"),
     }
-    let message = &status["message"];
+    let message = status["message"].clone();
     if message["type"] != "PROGRAM" {
         bail!(
             "message {hash} is a {}, not a PROGRAM",
@@ -500,15 +789,14 @@ async fn own_program(client: &CcnClient, signer: &Signer, hash: &str) -> Result<
                 .unwrap_or("message of unknown type")
         );
     }
-    let content = message["content"].clone();
-    let owner = content["address"].as_str().unwrap_or_default();
+    let owner = message["content"]["address"].as_str().unwrap_or_default();
     if !owner.eq_ignore_ascii_case(signer.address()) {
         bail!(
             "program {hash} belongs to {owner}, not to the signing account {}",
             signer.address()
         );
     }
-    Ok(content)
+    Ok(message)
 }
 
 /// The address under which the public network's `vm-images` aggregate lives
@@ -652,5 +940,108 @@ mod tests {
             vm_url("http://127.0.0.1:4020/", "ab"),
             "http://127.0.0.1:4020/vm/ab/"
         );
+    }
+
+    #[test]
+    fn a_persistent_copy_changes_the_flag_and_nothing_the_program_runs() {
+        let content = json!({
+            "address": "0xabc",
+            "time": 1700000000.5,
+            "type": "vm-function",
+            "code": {"encoding": "zip", "entrypoint": "main:app", "ref": "aa", "use_latest": true},
+            "runtime": {"ref": "bb", "use_latest": true, "comment": ""},
+            "resources": {"vcpus": 2, "memory": 512, "seconds": 30},
+            "on": {"http": true, "persistent": false},
+            "replaces": "cc",
+            "variables": {"A": "1"},
+        });
+        let copy = persistent_copy(&content, true).unwrap();
+        assert_eq!(copy["on"], json!({"http": true, "persistent": true}));
+        assert!(copy.get("address").is_none() && copy.get("time").is_none());
+        assert_eq!(copy["replaces"], Value::Null);
+        for same in ["type", "code", "runtime", "resources", "variables"] {
+            assert_eq!(copy[same], content[same], "{same}");
+        }
+        assert!(is_persistent(&copy));
+        let back = persistent_copy(&copy, false).unwrap();
+        assert!(!is_persistent(&back));
+        // A program without `on` gets one.
+        let bare = persistent_copy(&json!({"code": {}}), true).unwrap();
+        assert_eq!(bare["on"], json!({"http": true, "persistent": true}));
+        assert!(persistent_copy(&json!("text"), true).is_err());
+        assert!(persistent_copy(&json!({"on": 1}), true).is_err());
+    }
+
+    fn vm_entry(status: &str, node: Option<&str>, reason: Option<&str>) -> VmEntry {
+        VmEntry {
+            vm_hash: "ab".repeat(32),
+            vm_type: "persistent_program".into(),
+            allocated_node: node.map(str::to_owned),
+            allocated_url: node.map(|_| "http://127.0.0.1:4021".to_owned()),
+            status: status.into(),
+            owner: "0xowner".into(),
+            since: Some("2026-11-23T11:00:00Z".into()),
+            reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn status_says_where_it_runs_since_when_or_why_not() {
+        let hash = "ab".repeat(32);
+        let vm = vm_entry(vm_status::DISPATCHED, Some("node1"), None);
+        let allocation = AllocationEntry {
+            vm_hash: hash.clone(),
+            vm_type: "persistent_program".into(),
+            node: aleph_protocol::scheduler::AllocatedNode {
+                node_id: "node1".into(),
+                url: "http://127.0.0.1:4021/".into(),
+            },
+            allocation_version: 7,
+            since: "2026-11-23T11:00:01Z".into(),
+        };
+        let (value, text) = placement(&hash, Some(&vm), Some(&allocation), "http://s");
+        assert_eq!(value["status"], "dispatched");
+        assert_eq!(
+            value["node"],
+            json!({"hash": "node1", "url": "http://127.0.0.1:4021/"})
+        );
+        assert_eq!(value["url"], format!("http://127.0.0.1:4021/vm/{hash}/"));
+        assert_eq!(value["since"], "2026-11-23T11:00:01Z");
+        assert_eq!(value["allocation_version"], 7);
+        assert!(
+            text.contains(
+                "dispatched on node node1 (http://127.0.0.1:4021/) since 2026-11-23T11:00:01Z"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("curl http://127.0.0.1:4021/vm/{hash}/")),
+            "{text}"
+        );
+
+        let stuck = vm_entry(
+            vm_status::UNSCHEDULABLE,
+            None,
+            Some("no node has 64 vCPUs free"),
+        );
+        let (value, text) = placement(&hash, Some(&stuck), None, "http://s");
+        assert_eq!(value["status"], "unschedulable");
+        assert_eq!(value["node"], Value::Null);
+        assert_eq!(value["reason"], "no node has 64 vCPUs free");
+        assert!(
+            text.contains("cannot be placed") && text.contains("64 vCPUs"),
+            "{text}"
+        );
+
+        let lost = vm_entry(vm_status::MISSING, Some("node2"), None);
+        let (_, text) = placement(&hash, Some(&lost), None, "http://s");
+        assert!(
+            text.contains("went silent") && text.contains("node2"),
+            "{text}"
+        );
+
+        let (value, text) = placement(&hash, None, None, "http://s");
+        assert_eq!(value["status"], "unknown");
+        assert!(text.contains("does not track it yet"), "{text}");
     }
 }

@@ -59,6 +59,7 @@ impl Network {
             .args(args)
             .env("ALEPH_CONFIG_DIR", self.config.path())
             .env_remove("ALEPH_CCN")
+            .env_remove("ALEPH_SCHEDULER_URL")
             .output()
             .await
             .unwrap()

@@ -49,6 +49,9 @@ pub struct Args {
     /// Seconds each throughput measure lasts.
     #[arg(long, default_value_t = 3)]
     throughput_seconds: u64,
+    /// Skips the cold-start runs (minutes under TCG) and measures warm requests only.
+    #[arg(long)]
+    warm_only: bool,
 }
 
 /// Signs and posts an inline message to the in-process CCN; returns its hash.
@@ -260,7 +263,8 @@ async fn measure(
     // CPU time each QEMU used until the first answer: the work a start makes the host
     // do, which a busy shared host blurs less than wall-clock time.
     let (mut ours_cpu, mut bare_cpu) = (Vec::new(), Vec::new());
-    for run in 0..machine.runs {
+    let cold_runs = if args.warm_only { 0 } else { machine.runs };
+    for run in 0..cold_runs {
         let order = if run % 2 == 0 {
             [true, false]
         } else {
@@ -301,19 +305,20 @@ async fn measure(
             }
         }
     }
-    let (ours_median, bare_median) = (median(&ours), median(&bare));
-    println!(
-        "cold start → first response, median of {}: CRN {:.2} s, bare floor {:.2} s, ratio {:.3} (target ≤ 1.10)",
-        machine.runs,
-        ours_median.as_secs_f64(),
-        bare_median.as_secs_f64(),
-        ours_median.as_secs_f64() / bare_median.as_secs_f64()
-    );
-    let (ours_cpu, bare_cpu) = (median_f64(&mut ours_cpu), median_f64(&mut bare_cpu));
-    println!(
-        "QEMU CPU time until the first answer, median: CRN {ours_cpu:.2} s, bare floor {bare_cpu:.2} s, ratio {:.3}",
-        ours_cpu / bare_cpu
-    );
+    if cold_runs > 0 {
+        let (ours_median, bare_median) = (median(&ours), median(&bare));
+        println!(
+            "cold start → first response, median of {cold_runs}: CRN {:.2} s, bare floor {:.2} s, ratio {:.3} (target ≤ 1.10)",
+            ours_median.as_secs_f64(),
+            bare_median.as_secs_f64(),
+            ours_median.as_secs_f64() / bare_median.as_secs_f64()
+        );
+        let (ours_cpu, bare_cpu) = (median_f64(&mut ours_cpu), median_f64(&mut bare_cpu));
+        println!(
+            "QEMU CPU time until the first answer, median: CRN {ours_cpu:.2} s, bare floor {bare_cpu:.2} s, ratio {:.3}",
+            ours_cpu / bare_cpu
+        );
+    }
 
     // Warm: both VMs up, the same app answering.
     hello(http, url).await?;
@@ -334,14 +339,33 @@ async fn measure(
         hello(http, &direct).await?;
     }
     let (mut through, mut straight, mut channel_only) = (Vec::new(), Vec::new(), Vec::new());
+    // The agent's own health route: the channel and the agent without the app's hop.
+    let mut agent_only = Vec::new();
+
     let (mut through_rps, mut straight_rps) = (Vec::new(), Vec::new());
+    // CPU time per side: the side's QEMU and this process (client, CRN, channel). Busy
+    // hosts stretch wall-clock latency; CPU time is the work each request costs.
+    let (ours_pid, reference_pid) = (execution.vm().pid(), child.id().unwrap_or_default());
+    let mut cpu = [[0.0f64; 2]; 4];
+    let mut counted = [0usize; 4];
     for block in 0..args.blocks {
-        let sides: [u8; 3] = if block % 2 == 0 { [0, 1, 2] } else { [1, 0, 2] };
+        let sides: [u8; 4] = if block % 2 == 0 {
+            [0, 1, 2, 3]
+        } else {
+            [1, 0, 3, 2]
+        };
         for side in sides {
+            let qemu_pid = if side == 1 { reference_pid } else { ours_pid };
+            let before = [qemu_cpu(qemu_pid), qemu_cpu(std::process::id())];
             for _ in 0..args.requests {
                 match side {
                     0 => through.push(hello(http, url).await?),
                     1 => straight.push(hello(http, &direct).await?),
+                    3 => {
+                        let started = Instant::now();
+                        channel.health().await?;
+                        agent_only.push(started.elapsed());
+                    }
                     _ => {
                         let started = Instant::now();
                         let request = http::Request::get("/").body(Empty::<Bytes>::new())?;
@@ -352,6 +376,10 @@ async fn measure(
                     }
                 }
             }
+            let side = usize::from(side);
+            cpu[side][0] += qemu_cpu(qemu_pid) - before[0];
+            cpu[side][1] += qemu_cpu(std::process::id()) - before[1];
+            counted[side] += args.requests;
         }
         for side in if block % 2 == 0 { [0, 1] } else { [1, 0] } {
             let target = if side == 0 { url } else { direct.as_str() };
@@ -366,7 +394,12 @@ async fn measure(
     child.start_kill()?;
     child.wait().await?;
 
-    for list in [&mut through, &mut straight, &mut channel_only] {
+    for list in [
+        &mut through,
+        &mut straight,
+        &mut channel_only,
+        &mut agent_only,
+    ] {
         list.sort();
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -379,6 +412,27 @@ async fn measure(
         ms(percentile(&straight, 0.99)),
         ms(percentile(&channel_only, 0.5)),
         ms(percentile(&channel_only, 0.99)),
+    );
+    let per_request = |side: usize| {
+        let n = counted[side].max(1) as f64;
+        (cpu[side][0] * 1e3 / n, cpu[side][1] * 1e3 / n)
+    };
+    let [crn, direct_cpu, channel_cpu, agent_cpu] = [0, 1, 2, 3].map(per_request);
+    println!(
+        "CPU per sequential request (QEMU of the side + this process), ms: through the CRN {:.2} + {:.2}; direct {:.2} + {:.2}; channel alone {:.2} + {:.2}; agent alone {:.2} + {:.2}",
+        crn.0,
+        crn.1,
+        direct_cpu.0,
+        direct_cpu.1,
+        channel_cpu.0,
+        channel_cpu.1,
+        agent_cpu.0,
+        agent_cpu.1
+    );
+    println!(
+        "agent alone (its health route over the channel, no app): p50 {:.2} ms p99 {:.2} ms",
+        ms(percentile(&agent_only, 0.5)),
+        ms(percentile(&agent_only, 0.99)),
     );
     println!(
         "warm p50 ratio CRN/direct {:.3} (target ≤ 1.3)",

@@ -1,6 +1,8 @@
-//! The devnet's CRN: `aleph-node crn` as a child process (this same binary),
-//! so it can die, or be killed by a test, as a real node does, while the CCN
-//! keeps running. Its output goes to `DIR/crn/crn.log`.
+//! The devnet's CRNs: each `aleph-node crn --config CRN_DIR/crn.toml` as a
+//! child process (this same binary), so it can die, or be killed by a test, as
+//! a real node does, while the rest of the network keeps running; the same
+//! command starts it again on the same data. Its output goes to
+//! `CRN_DIR/crn.log`.
 
 use anyhow::{Context, Result, bail};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -16,7 +18,24 @@ pub struct CrnChild {
     child: Child,
     pub url: String,
     pub log: PathBuf,
-    data_dir: PathBuf,
+    /// The node's settings file: `aleph-node crn --config` it to restart the node.
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    /// Whether its end was already reported.
+    exit_reported: bool,
+}
+
+/// How the CRN joins the scheduler: heartbeats as its registered node, and
+/// allocations accepted from the scheduler's key.
+pub struct SchedulerLink<'a> {
+    pub scheduler_url: &'a str,
+    /// The registration POST's item hash.
+    pub node_hash: &'a str,
+    /// The operator key (hex), written to `CRN_DIR/node.key` (mode 0600).
+    pub node_key: &'a str,
+    /// The scheduler's address.
+    pub scheduler_address: &'a str,
+    pub heartbeat_interval_seconds: u64,
 }
 
 pub struct CrnOptions<'a> {
@@ -29,6 +48,48 @@ pub struct CrnOptions<'a> {
     pub port: u16,
     /// The PROGRAM `/status/check/fastapi` runs.
     pub diagnostic_program: Option<&'a str>,
+    pub scheduler: Option<SchedulerLink<'a>>,
+}
+
+/// The settings file of a devnet CRN, and the key file it names.
+fn write_config(options: &CrnOptions<'_>, listen: SocketAddr) -> Result<PathBuf> {
+    let mut config = aleph_crn::CrnConfig {
+        listen,
+        ccn_url: options.ccn_url.to_owned(),
+        data_dir: options.data_dir.to_owned(),
+        images_dir: Some(options.images_dir.to_owned()),
+        diagnostic_program: options.diagnostic_program.map(str::to_owned),
+        ..aleph_crn::CrnConfig::default()
+    };
+    if let Some(link) = &options.scheduler {
+        let key_file = options.data_dir.join("node.key");
+        write_private(&key_file, link.node_key)?;
+        config.scheduler_url = Some(link.scheduler_url.to_owned());
+        config.node_hash = Some(link.node_hash.to_owned());
+        config.node_key_file = Some(key_file);
+        config.public_url = Some(format!("http://{listen}"));
+        config.allowed_schedulers = vec![link.scheduler_address.to_owned()];
+        config.heartbeat_interval_seconds = link.heartbeat_interval_seconds;
+    }
+    let path = options.data_dir.join("crn.toml");
+    let text = toml::to_string(&config).context("encoding the CRN settings")?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// Starts the CRN and waits until its API answers.
@@ -40,6 +101,7 @@ pub async fn start(options: CrnOptions<'_>) -> Result<CrnChild> {
         port => port,
     };
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let config = write_config(&options, listen)?;
     let log = options.data_dir.join("crn.log");
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -50,14 +112,8 @@ pub async fn start(options: CrnOptions<'_>) -> Result<CrnChild> {
     let mut command = Command::new(exe);
     command
         .arg("crn")
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--ccn")
-        .arg(options.ccn_url)
-        .arg("--data-dir")
-        .arg(options.data_dir)
-        .arg("--images-dir")
-        .arg(options.images_dir)
+        .arg("--config")
+        .arg(&config)
         // A devnet's VMs end with it; a real node keeps them for its next start.
         .arg("--stop-vms-on-exit")
         .stdin(Stdio::null())
@@ -72,15 +128,14 @@ pub async fn start(options: CrnOptions<'_>) -> Result<CrnChild> {
                 .map_err(std::io::Error::from)
         });
     }
-    if let Some(hash) = options.diagnostic_program {
-        command.env("ALEPH_CRN_DIAGNOSTIC_PROGRAM", hash);
-    }
     let child = command.spawn().context("starting `aleph-node crn`")?;
     let mut crn = CrnChild {
         child,
         url: format!("http://{listen}"),
         log,
+        config,
         data_dir: options.data_dir.to_owned(),
+        exit_reported: false,
     };
     crn.wait_ready().await?;
     Ok(crn)
@@ -120,9 +175,19 @@ impl CrnChild {
         }
     }
 
-    /// Resolves when the CRN process ends by itself.
-    pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Its exit status, the first time it is seen ended.
+    pub fn newly_exited(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exit_reported {
+            return None;
+        }
+        let status = self.child.try_wait().ok().flatten()?;
+        self.exit_reported = true;
+        Some(status)
     }
 
     /// SIGTERM (the CRN then stops its VMs), then SIGKILL after `grace`; then

@@ -85,7 +85,7 @@ async fn current_store(ccn: &CcnHandle, address: &str, file_hash: &str) -> Optio
 }
 
 /// Processes a message on the CCN now; anything but processed is an error.
-async fn submit(ccn: &CcnHandle, message: PendingMessage, what: &str) -> Result<String> {
+pub(super) async fn submit(ccn: &CcnHandle, message: PendingMessage, what: &str) -> Result<String> {
     match ccn
         .ccn()
         .submit(serde_json::to_value(&message)?, true)
