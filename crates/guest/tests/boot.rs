@@ -731,8 +731,9 @@ async def echo(request: Request):
             // The agent's flow-control answers to the last body bytes race a host that
             // connects at once, and nothing in the byte stream says which connection
             // they belong to (the host pauses after a failed session for this). Come
-            // back after a pause here, which also has the agent see the hang-up itself.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // back after a pause here, longer than the agent takes to settle a
+            // hang-up, so that it also sees one end a session.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
         }
     }
     let serial = vm.serial();
