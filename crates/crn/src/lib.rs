@@ -9,6 +9,7 @@ pub mod execution;
 pub mod heartbeat;
 pub mod hypervisor;
 pub mod images;
+pub mod instance;
 pub mod persistent;
 pub mod pool;
 pub mod records;
