@@ -1,0 +1,33 @@
+//! How the host wires VMs to the network: which addresses they get, which host ports
+//! forward to them, and the name of our nftables table.
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The range every VM subnet is cut from: network address and prefix length.
+    pub ipv4_pool: (Ipv4Addr, u8),
+    /// Prefix length of one VM's subnet (host `.1`, guest `.2`); at most 30.
+    pub vm_prefix: u8,
+    /// The interface VM traffic leaves by (masquerade, forward filter); `None` lets it
+    /// leave by any interface other than the VM's own TAP.
+    pub uplink: Option<String>,
+    /// Host ports handed out for port forwarding, both ends included.
+    pub port_range: (u16, u16),
+    /// Name of our nftables table (family `inet`); nothing else is ever touched.
+    pub table: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            ipv4_pool: (Ipv4Addr::new(172, 16, 0, 0), 12),
+            vm_prefix: 24,
+            uplink: None,
+            port_range: (24000, 28000),
+            table: "aleph".to_string(),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! VM networking on the host: an IPv4 subnet per VM from a pool, a TAP device per VM,
+//! and nftables rules in a table of our own (NAT out, port forwarding in, isolation
+//! between VMs and from the host's services).
+//!
+//! Forwarding must be on for VMs to reach anything beyond the host
+//! (`net.ipv4.ip_forward=1`): the operator sets it, or the CRN calls
+//! [`enable_ipv4_forwarding`] at start. It is a host-wide setting, so the library never
+//! sets it on its own.
+
+pub mod config;
+pub mod error;
+pub mod firewall;
+pub mod pool;
+pub mod ports;
+pub mod rules;
+pub mod tap;
+
+pub use config::NetworkConfig;
+pub use error::NetworkError;
+pub use firewall::Firewall;
+pub use pool::{AddressPool, VmSubnet};
+pub use ports::HostPorts;
+pub use rules::{PortForward, Protocol};
+
+use crate::hypervisor::TapSpec;
+use error::Result;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// The guest port every instance gets forwarded (SSH).
+pub const SSH_PORT: u16 = 22;
+
+/// One VM's network as set up on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNet {
+    /// The VM's id (its item hash); names its firewall rules.
+    pub vm_id: String,
+    /// Index of its subnet in the pool.
+    pub index: u32,
+    pub tap: String,
+    /// The host's address on the TAP: the guest's gateway.
+    pub host_ip: Ipv4Addr,
+    pub guest_ip: Ipv4Addr,
+    pub prefix: u8,
+    /// The guest's MAC address, `02:00:` then the guest's IPv4 address: locally
+    /// administered and unique as long as the address is.
+    pub mac: String,
+}
+
+impl VmNet {
+    /// The network of the VM `vm_id` on subnet `index` (`network/prefix`); touches
+    /// nothing.
+    pub fn new(vm_id: &str, index: u32, network: Ipv4Addr, prefix: u8) -> Self {
+        Self::from_subnet(
+            vm_id,
+            &VmSubnet {
+                index,
+                network,
+                prefix,
+            },
+        )
+    }
+
+    pub fn from_subnet(vm_id: &str, subnet: &VmSubnet) -> Self {
+        let guest_ip = subnet.guest_ip();
+        let [a, b, c, d] = guest_ip.octets();
+        Self {
+            vm_id: vm_id.to_string(),
+            index: subnet.index,
+            tap: tap::tap_name(subnet.index),
+            host_ip: subnet.host_ip(),
+            guest_ip,
+            prefix: subnet.prefix,
+            mac: format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}"),
+        }
+    }
+
+    /// The subnet's network address.
+    pub fn network(&self) -> Ipv4Addr {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        Ipv4Addr::from(u32::from(self.guest_ip) & mask)
+    }
+
+    /// What the hypervisor needs to plug the guest in.
+    pub fn tap_spec(&self) -> TapSpec {
+        TapSpec {
+            tap: self.tap.clone(),
+            mac: self.mac.clone(),
+        }
+    }
+}
+
+/// Sets VMs' networks up and tears them down: TAP, address, firewall rules.
+#[derive(Debug, Clone)]
+pub struct VmNetwork {
+    config: NetworkConfig,
+    firewall: Firewall,
+}
+
+impl VmNetwork {
+    /// Checks the pool in `config` (the arithmetic only; nothing is touched).
+    pub fn new(config: NetworkConfig) -> Result<Self> {
+        AddressPool::new(&config)?;
+        let firewall = Firewall::new(&config);
+        Ok(Self { config, firewall })
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    pub fn firewall(&self) -> &Firewall {
+        &self.firewall
+    }
+
+    /// Creates our nftables table and base chains if missing; call once at start.
+    pub async fn ensure_base(&self) -> Result<()> {
+        self.firewall.ensure_base().await
+    }
+
+    /// Wires the VM `vm_id` on subnet `index` (from an [`AddressPool`]): TAP up with
+    /// the host address, firewall rules in. Running it again for a VM that is already
+    /// set up (a restarted CRN) leaves it set up once. On failure nothing new stays.
+    pub async fn setup(&self, vm_id: &str, index: u32) -> Result<VmNet> {
+        check_vm_id(vm_id)?;
+        let subnet = AddressPool::new(&self.config)?.subnet(index)?;
+        let vm = VmNet::from_subnet(vm_id, &subnet);
+        let existed = tap::exists(&vm.tap).await?;
+        tap::create(&vm.tap)?;
+        let wired = async {
+            tap::configure_host_side(&vm.tap, vm.host_ip, vm.prefix).await?;
+            self.firewall.add_vm(&vm).await
+        };
+        if let Err(error) = wired.await {
+            if !existed {
+                // Best effort: the error that matters is the first one.
+                let _ = tap::delete(&vm.tap).await;
+            }
+            return Err(error);
+        }
+        Ok(vm)
+    }
+
+    /// Forwards `host_port` to `guest_port` on the VM.
+    pub async fn add_forward(
+        &self,
+        vm: &VmNet,
+        protocol: Protocol,
+        host_port: u16,
+        guest_port: u16,
+    ) -> Result<()> {
+        self.firewall
+            .add_forward(vm, protocol, host_port, guest_port)
+            .await
+    }
+
+    /// Removes the VM's rules (port forwards included) and its TAP. Missing pieces are
+    /// not an error, so this also cleans up after a half-done setup.
+    pub async fn teardown(&self, vm: &VmNet) -> Result<()> {
+        self.firewall.remove_vm(&vm.vm_id).await?;
+        tap::delete(&vm.tap).await?;
+        Ok(())
+    }
+}
+
+/// Turns IPv4 forwarding on in the calling thread's network namespace.
+pub fn enable_ipv4_forwarding() -> Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    std::fs::write(PATH, "1").map_err(|source| NetworkError::Io {
+        what: format!("write 1 to {PATH}"),
+        source,
+    })
+}
+
+fn check_vm_id(vm_id: &str) -> Result<()> {
+    let valid = (1..=80).contains(&vm_id.len())
+        && vm_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(NetworkError::InvalidVmId(vm_id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_net_gives_the_hypervisor_its_tap_and_a_mac_from_the_address() {
+        let vm = VmNet::new("abc", 7, Ipv4Addr::new(172, 16, 7, 0), 24);
+        assert_eq!(vm.tap, "vmtap7");
+        assert_eq!(vm.host_ip, Ipv4Addr::new(172, 16, 7, 1));
+        assert_eq!(vm.guest_ip, Ipv4Addr::new(172, 16, 7, 2));
+        assert_eq!(vm.network(), Ipv4Addr::new(172, 16, 7, 0));
+        assert_eq!(
+            vm.tap_spec(),
+            TapSpec {
+                tap: "vmtap7".to_string(),
+                mac: "02:00:ac:10:07:02".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn vm_ids_that_could_break_a_comment_are_refused() {
+        assert!(check_vm_id(&"a".repeat(64)).is_ok());
+        assert!(check_vm_id("").is_err());
+        assert!(check_vm_id("a b").is_err());
+        assert!(check_vm_id("a\"b").is_err());
+        assert!(check_vm_id(&"a".repeat(81)).is_err());
+    }
+}
