@@ -567,137 +567,26 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The ISO 8601 subset clients send (RFC 3339 with the separators Python accepts);
-/// written here since this crate has no date library.
+/// The ISO 8601 times clients send: RFC 3339, and the `±HHMM` zones and space
+/// separator Python also writes.
 mod rfc3339 {
-    /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM|±HHMM)` to epoch milliseconds. `T` may be
-    /// `t` or a space; a zone is required.
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    /// A time with its zone (required) to epoch milliseconds.
     pub fn parse_millis(text: &str) -> Option<i64> {
-        let b = text.trim().as_bytes();
-        let number = |range: std::ops::Range<usize>| -> Option<i64> {
-            let digits = b.get(range)?;
-            digits
-                .iter()
-                .all(u8::is_ascii_digit)
-                .then(|| digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
-        };
-        let separator = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
-        if !(separator(4, b"-")
-            && separator(7, b"-")
-            && separator(10, b"Tt ")
-            && separator(13, b":")
-            && separator(16, b":"))
-        {
-            return None;
-        }
-        let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-        let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-        if !(1..=12).contains(&month)
-            || day < 1
-            || day > days_in_month(year, month)
-            || hour > 23
-            || minute > 59
-            || second > 59
-        {
-            return None;
-        }
-        let mut at = 19;
-        let mut millis = 0;
-        if separator(at, b".,") {
-            at += 1;
-            let start = at;
-            while b.get(at).is_some_and(u8::is_ascii_digit) {
-                at += 1;
-            }
-            if at == start {
-                return None;
-            }
-            // Milliseconds: the first three digits, padded; finer digits are dropped.
-            let fraction = &b[start..at];
-            for i in 0..3 {
-                millis = millis * 10 + fraction.get(i).map_or(0, |d| i64::from(d - b'0'));
-            }
-        }
-        let offset_minutes = match &b[at..] {
-            [b'Z' | b'z'] => 0,
-            [sign @ (b'+' | b'-'), rest @ ..] => {
-                let (h, m) = match rest {
-                    [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => ([*h1, *h2], [*m1, *m2]),
-                    _ => return None,
-                };
-                let two = |d: [u8; 2]| {
-                    d.iter()
-                        .all(u8::is_ascii_digit)
-                        .then(|| i64::from(d[0] - b'0') * 10 + i64::from(d[1] - b'0'))
-                };
-                let (h, m) = (two(h)?, two(m)?);
-                if h > 23 || m > 59 {
-                    return None;
-                }
-                if *sign == b'-' {
-                    -(h * 60 + m)
-                } else {
-                    h * 60 + m
-                }
-            }
-            _ => return None,
-        };
-        let seconds =
-            days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-                - offset_minutes * 60;
-        Some(seconds * 1000 + millis)
+        let text = text.trim();
+        DateTime::parse_from_rfc3339(text)
+            .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
+            .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%z"))
+            .ok()
+            .map(|time| time.timestamp_millis())
     }
 
     /// Epoch seconds as `YYYY-MM-DDTHH:MM:SSZ`.
     pub fn format(seconds: i64) -> String {
-        let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            rest / 3600,
-            rest / 60 % 60,
-            rest % 60
-        )
-    }
-
-    fn days_in_month(year: i64, month: i64) -> i64 {
-        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-        match month {
-            2 if leap => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
-        }
-    }
-
-    // Days since 1970-01-01 of a proleptic Gregorian date, and back: the well-known
-    // era-based conversions (eras of 400 years starting in March).
-    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let year = if month <= 2 { year - 1 } else { year };
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let month_from_march = (month + 9) % 12;
-        let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
-    }
-
-    fn civil_from_days(days: i64) -> (i64, i64, i64) {
-        let days = days + 719_468;
-        let era = days.div_euclid(146_097);
-        let day_of_era = days - era * 146_097;
-        let year_of_era =
-            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-        let month_from_march = (5 * day_of_year + 2) / 153;
-        let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-        let month = if month_from_march < 10 {
-            month_from_march + 3
-        } else {
-            month_from_march - 9
-        };
-        let year = year_of_era + era * 400 + i64::from(month <= 2);
-        (year, month, day)
+        DateTime::<Utc>::from_timestamp(seconds, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Secs, true)
     }
 
     #[cfg(test)]
