@@ -14,6 +14,8 @@ APT_PACKAGES=(
     zstd xz-utils     # kernel payloads, squashfs compression
     busybox-static    # the bare reference VM of the benchmark
     nftables          # VM network rules
+    dosfstools mtools # checks of the cloud-init seed (fsck.vfat, mtype)
+    python3-yaml      # checks that cloud-init reads the seed's documents as meant
     iproute2          # ip, network namespaces
     postgresql        # the CCN's tests also run on PostgreSQL
     curl ca-certificates
