@@ -134,6 +134,25 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
+/// Deletes the namespaces of earlier runs that were killed before their guards ran
+/// (`aleph-nettest-<pid>...` where no process `<pid>` lives any more).
+fn remove_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("aleph-nettest-") else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("deleting stale network namespace {name}");
+            drop(Netns { name });
+        }
+    }
+}
+
 /// Rules of our table, as `(chain, comment)`, listed by `nft` in the namespace.
 fn listed_rules(host: &Netns) -> Vec<(String, String)> {
     let ruleset: Value =
@@ -218,6 +237,7 @@ fn vm_networks_are_wired_isolated_forwarded_and_removed_exactly() {
         eprintln!("skipped: {reason}");
         return;
     }
+    remove_stale_namespaces();
     let prefix = format!("aleph-nettest-{}", std::process::id());
     let host = Netns::create(prefix.clone());
     let out = Netns::create(format!("{prefix}-out"));
