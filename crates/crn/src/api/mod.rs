@@ -3,6 +3,7 @@
 //! - `* /vm/{ref}[/{path}]` and `* /{path}` on host `{base32(hash)}.{domain}`: the program's app
 //! - `/about/usage/system`, `/about/executions/list`, `/v2/about/executions/list`,
 //!   `/about/executions/records`, `/about/capability`, `/status/config`, `/status/check/fastapi`
+//! - `/control/allocations` (scheduler), `/control/machine/{ref}/…` (owner: [`crate::control::machine`])
 //!
 //! Errors are `{"error": ...}` (with `traceback` when an app failed to start); every
 //! response carries `Server: aleph-crn/<version>`.
@@ -42,6 +43,7 @@ pub fn router(pool: Arc<Pool>) -> Router {
             crate::control::ALLOCATIONS_PATH,
             axum::routing::post(crate::control::allocations),
         )
+        .merge(crate::control::machine::router(pool.clone()))
         .fallback(not_found)
         // Host-based routing comes first: on a program's host name every path is the program's.
         .layer(axum::middleware::from_fn_with_state(pool.clone(), by_host))

@@ -6,6 +6,10 @@
 //! than the one applied (nothing changes); 401 unsigned, badly signed, expired or
 //! replayed; 403 a signer not allowed, or the route off (no allowed scheduler); 413 a
 //! body over 1 MiB; 400 a body that is not an allocation. Errors are `{"error": ...}`.
+//!
+//! [`machine`]: the owner's `/control/machine/{ref}/stop|reboot|logs|…`, operator-signed.
+
+pub mod machine;
 
 use crate::persistent::{ApplyError, Persistent};
 use aleph_protocol::auth::eip191_v1::{self, AuthError, ReplayGuard, Verified};

@@ -1,0 +1,427 @@
+//! `/control/machine/{ref}/…`: what a VM's owner (or a wallet the owner delegates to)
+//! may do to it on this node, signed with the operator scheme (`X-SignedPubKey` +
+//! `X-SignedOperation`, see [`aleph_protocol::auth::operator`]).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST …/stop` | 200 `{"status": "stopped", "ref"}`: the VM is stopped and its execution recorded |
+//! | `POST …/reboot` | 200 `{"status": "rebooted", "ref", "execution_id"}` once the VM runs again (a new execution, same message) |
+//! | `GET …/logs` | 200 `[{"type": "system"\|"stdout", "message"}, …]`: the VM's console |
+//! | `POST …/erase`, `POST …/reinstall` | 501 (after the checks below) |
+//! | `GET …/stream_logs` | 501, without checks (see below) |
+//!
+//! Checks, in this order: the signature (401: missing or malformed headers, a bad
+//! signature, an expired key, a time too far from ours, an operation signed for another
+//! method, domain or path, or one already used), the VM (404 when this node does not run
+//! it), then who signed (403 unless the VM's owner, the program content's `address`, or
+//! delegated by the owner's `security` aggregate on the CCN). The 404 comes before the
+//! 403 on purpose: which VMs run here is public (`/about/executions/list`), so hiding it
+//! from strangers would buy nothing, and the owner is only known once the VM is found.
+//! A CCN that cannot be read for the aggregate gives 503. Errors are `{"error": ...}`.
+//!
+//! The `domain` the operation must name is this node's configured `domain` when set,
+//! else the request's `Host` header without its port (what the official client signs:
+//! the host of the node URL it calls). `path` is the request path without query.
+//!
+//! `stop` ends the VM now, but does not keep it stopped: an on-demand program starts
+//! again on its next request, and a persistent one on the persistent supervisor's next
+//! pass as long as the scheduler's allocation lists it here. Stopping one for good is
+//! the scheduler's (or the owner's message's) business, not this node's.
+//!
+//! `logs` reads the console (`serial.log` of the execution folder, its last
+//! [`MAX_LOG_BYTES`]): the guest agent's own lines (`aleph-guest: …`) are `system`,
+//! everything else on the console (kernel, init) `stdout`. The app's own stdout and
+//! stderr do not go to the console but to the agent's log buffer (reached over the
+//! channel, `AgentChannel::logs`): not served here yet.
+//!
+//! `stream_logs` is a websocket whose authentication travels inside it (the first
+//! packet), after the upgrade; until it is written it answers 501 to everyone, which
+//! tells nobody anything.
+
+use crate::error::ProgramError;
+use crate::execution::Execution;
+use crate::pool::Pool;
+use aleph_protocol::auth::operator::{
+    self, OperatorAuthError, ReplayGuard, SIGNED_OPERATION_HEADER, SIGNED_PUBKEY_HEADER,
+};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MACHINE_PREFIX: &str = "/control/machine";
+/// How much of the console `logs` returns at most (its end).
+pub const MAX_LOG_BYTES: u64 = 1 << 20;
+/// The marker the guest agent puts before its own console lines.
+const AGENT_MARKER: &str = "aleph-guest: ";
+/// How long the CCN may take to give the owner's `security` aggregate.
+const AGGREGATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an owner's request is refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Auth(#[from] OperatorAuthError),
+    #[error("this node runs no VM {0}")]
+    NotRunning(String),
+    #[error("cannot read the owner's security aggregate from the CCN: {0}")]
+    Aggregate(String),
+    #[error("{0} is not implemented yet on this node")]
+    NotImplemented(&'static str),
+    #[error("{0}")]
+    Program(#[from] ProgramError),
+    #[error("cannot read the VM's console: {0}")]
+    Console(#[from] std::io::Error),
+}
+
+impl ControlError {
+    pub fn status(&self) -> StatusCode {
+        let code = match self {
+            Self::Auth(e) => e.status(),
+            Self::NotRunning(_) => 404,
+            Self::Aggregate(_) => 503,
+            Self::NotImplemented(_) => 501,
+            Self::Program(e) => e.status(),
+            Self::Console(_) => 500,
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.to_string()});
+        // A reboot whose app failed to start: say why, as the program routes do.
+        if let Self::Program(e) = &self
+            && let Some(traceback) = e.traceback()
+        {
+            body["traceback"] = json!(traceback);
+        }
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// One line of `logs`, in the shape upstream's clients read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogEntry {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The owner controls' state: the node's VMs, the operations already used, and a
+/// client for the CCN's aggregates.
+pub struct OwnerControls {
+    pool: Arc<Pool>,
+    replays: ReplayGuard,
+    http: reqwest::Client,
+}
+
+/// The routes under [`MACHINE_PREFIX`], with their own state; merge into any router.
+pub fn router<S: Clone + Send + Sync + 'static>(pool: Arc<Pool>) -> Router<S> {
+    let controls = Arc::new(OwnerControls::new(pool));
+    let route = |action: &str| format!("{MACHINE_PREFIX}/{{reference}}/{action}");
+    Router::new()
+        .route(&route("stop"), post(stop))
+        .route(&route("reboot"), post(reboot))
+        .route(&route("logs"), get(logs))
+        .route(&route("erase"), post(erase))
+        .route(&route("reinstall"), post(reinstall))
+        .route(&route("stream_logs"), get(stream_logs))
+        .with_state(controls)
+}
+
+impl OwnerControls {
+    pub fn new(pool: Arc<Pool>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(AGGREGATE_TIMEOUT)
+            .timeout(AGGREGATE_TIMEOUT)
+            .build()
+            .expect("a default HTTP client");
+        Self {
+            pool,
+            replays: ReplayGuard::default(),
+            http,
+        }
+    }
+
+    /// All the checks of the module doc; the running execution the request may act on.
+    async fn authorize(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        reference: &str,
+    ) -> Result<Arc<Execution>, ControlError> {
+        let now = chrono::Utc::now().timestamp();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let host = header(header::HOST.as_str()).or_else(|| uri.host());
+        let domain = signed_domain(self.pool.config().domain.as_deref(), host);
+        let verified = operator::verify(
+            header(SIGNED_PUBKEY_HEADER),
+            header(SIGNED_OPERATION_HEADER),
+            method.as_str(),
+            &domain,
+            uri.path(),
+            now,
+        )?;
+        self.replays.check(&verified, now)?;
+
+        let execution = crate::resources::check_hash(reference)
+            .ok()
+            .and_then(|hash| self.pool.execution(&hash))
+            .ok_or_else(|| ControlError::NotRunning(reference.to_owned()))?;
+        let owner = &execution.program.content.address;
+        // The owner needs no aggregate: spare the CCN the question.
+        let security = if owner.eq_ignore_ascii_case(&verified.address) {
+            None
+        } else {
+            self.security_aggregate(owner).await?
+        };
+        operator::check_authorized(owner, security.as_ref(), &verified)?;
+        Ok(execution)
+    }
+
+    /// The owner's `security` aggregate; `None` when the owner has none.
+    async fn security_aggregate(&self, owner: &str) -> Result<Option<Value>, ControlError> {
+        let url = format!(
+            "{}/api/v0/aggregates/{owner}.json?keys=security",
+            self.pool.config().ccn_url()
+        );
+        let fail = |e: &dyn std::fmt::Display| ControlError::Aggregate(format!("{url}: {e}"));
+        let response = self.http.get(&url).send().await.map_err(|e| fail(&e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(fail(&response.status()));
+        }
+        let body: Value = response.json().await.map_err(|e| fail(&e))?;
+        Ok(body
+            .get("data")
+            .and_then(|data| data.get("security"))
+            .cloned())
+    }
+}
+
+/// The domain an operation must be signed for: the configured one, else the `Host`
+/// header's host (no port; IPv6 keeps its brackets, as in URLs).
+pub fn signed_domain(configured: Option<&str>, host: Option<&str>) -> String {
+    if let Some(domain) = configured {
+        return domain.to_owned();
+    }
+    host.and_then(|host| host.parse::<http::uri::Authority>().ok())
+        .map(|authority| authority.host().to_owned())
+        .unwrap_or_default()
+}
+
+/// The console's lines as `logs` entries (see the module doc for their types).
+pub fn console_entries(console: &str) -> Vec<LogEntry> {
+    console
+        .lines()
+        .map(|line| line.trim_end_matches('\r'))
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| LogEntry {
+            kind: if line.contains(AGENT_MARKER) {
+                "system"
+            } else {
+                "stdout"
+            },
+            message: line.to_owned(),
+        })
+        .collect()
+}
+
+/// The last [`MAX_LOG_BYTES`] of a file, from the first whole line.
+async fn tail(path: &std::path::Path) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        // A VM that wrote nothing yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    let start = len.saturating_sub(MAX_LOG_BYTES);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LOG_BYTES).read_to_end(&mut bytes).await?;
+    if start > 0 {
+        // The first line was cut: drop it.
+        let first = bytes.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+        bytes.drain(..first);
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+type Controls = State<Arc<OwnerControls>>;
+
+async fn stop(
+    State(controls): Controls,
+    Path(reference): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ControlError> {
+    let execution = controls
+        .authorize(&method, &uri, &headers, &reference)
+        .await?;
+    let hash = &execution.program.item_hash;
+    controls.pool.stop(hash, "stopped by its owner").await;
+    Ok(Json(json!({"status": "stopped", "ref": hash})).into_response())
+}
+
+async fn reboot(
+    State(controls): Controls,
+    Path(reference): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ControlError> {
+    let execution = controls
+        .authorize(&method, &uri, &headers, &reference)
+        .await?;
+    let hash = execution.program.item_hash.clone();
+    drop(execution);
+    // Another stop may have come first (idle, update): the start below is all that counts.
+    controls.pool.stop(&hash, "rebooted by its owner").await;
+    let started = controls.pool.get_or_start(&hash).await?;
+    Ok(Json(json!({
+        "status": "rebooted",
+        "ref": hash,
+        "execution_id": started.id,
+    }))
+    .into_response())
+}
+
+async fn logs(
+    State(controls): Controls,
+    Path(reference): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ControlError> {
+    let execution = controls
+        .authorize(&method, &uri, &headers, &reference)
+        .await?;
+    let console = tail(&execution.folder().join("serial.log")).await?;
+    Ok(Json(console_entries(&console)).into_response())
+}
+
+async fn erase(
+    State(controls): Controls,
+    Path(reference): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ControlError> {
+    controls
+        .authorize(&method, &uri, &headers, &reference)
+        .await?;
+    Err(ControlError::NotImplemented("erase"))
+}
+
+async fn reinstall(
+    State(controls): Controls,
+    Path(reference): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ControlError> {
+    controls
+        .authorize(&method, &uri, &headers, &reference)
+        .await?;
+    Err(ControlError::NotImplemented("reinstall"))
+}
+
+async fn stream_logs() -> ControlError {
+    ControlError::NotImplemented("stream_logs (websocket)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_domain_wins_else_the_host_without_port() {
+        assert_eq!(
+            signed_domain(Some("crn.example.org"), Some("1.2.3.4:4020")),
+            "crn.example.org"
+        );
+        assert_eq!(
+            signed_domain(None, Some("crn.example.org:4020")),
+            "crn.example.org"
+        );
+        assert_eq!(
+            signed_domain(None, Some("crn.example.org")),
+            "crn.example.org"
+        );
+        assert_eq!(signed_domain(None, Some("[::1]:4020")), "[::1]");
+        assert_eq!(signed_domain(None, None), "");
+    }
+
+    #[test]
+    fn console_lines_of_the_agent_are_system_the_others_stdout() {
+        let console = "[    0.000000] Linux version 6.1\r\n\n[    1.200] aleph-guest: runtime root ready\nhello\n";
+        assert_eq!(
+            console_entries(console),
+            vec![
+                LogEntry {
+                    kind: "stdout",
+                    message: "[    0.000000] Linux version 6.1".into()
+                },
+                LogEntry {
+                    kind: "system",
+                    message: "[    1.200] aleph-guest: runtime root ready".into()
+                },
+                LogEntry {
+                    kind: "stdout",
+                    message: "hello".into()
+                },
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&console_entries("x")[0]).unwrap(),
+            json!({"type": "stdout", "message": "x"})
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            ControlError::Auth(OperatorAuthError::Replayed).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            ControlError::Auth(OperatorAuthError::NotOwner("0x1".into())).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ControlError::NotRunning("x".into()).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ControlError::NotImplemented("erase").status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
+    }
+
+    #[tokio::test]
+    async fn the_tail_starts_at_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        assert_eq!(tail(&path).await.unwrap(), "", "no console yet");
+        let mut text = "x".repeat(100);
+        text.push('\n');
+        text.push_str(&"line\n".repeat((MAX_LOG_BYTES / 5) as usize));
+        std::fs::write(&path, &text).unwrap();
+        let read = tail(&path).await.unwrap();
+        assert!(read.starts_with("line\n"));
+        assert!(read.len() as u64 <= MAX_LOG_BYTES);
+    }
+}

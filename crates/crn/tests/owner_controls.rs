@@ -1,0 +1,400 @@
+//! The owner's controls end to end: an in-process CCN with a program and the owner's
+//! `security` aggregate (real signed messages), an in-process CRN running the program
+//! in a real VM (QEMU), and `/control/machine/{ref}/…` requests signed with the
+//! operator scheme by the owner, a delegate and strangers.
+//!
+//! Needs root, QEMU and the guest images in `$ALEPH_DATA_DIR` (`aleph-node images
+//! build`); skips with the reason printed otherwise. One VM, booted twice (the reboot).
+
+use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
+use aleph_crn::{CrnConfig, CrnHandle};
+use aleph_protocol::auth::operator::OperatorKey;
+use aleph_protocol::signing::Signer;
+use aleph_types::message::MessageType;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const APP: &str = r#"from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/")
+async def root():
+    return {"message": "Hello World"}
+"#;
+
+/// What the CRN is configured with, and so what operations must be signed for.
+const DOMAIN: &str = "crn.test";
+
+fn images_dir() -> Option<PathBuf> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "aleph_crn=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let skip = |reason: String| {
+        eprintln!("SKIPPED: {reason}");
+        None
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return skip(
+            "the owner control tests need root (QEMU's devices, execution folders)".into(),
+        );
+    }
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into());
+    }
+    let dir = aleph_crn::images::default_data_dir();
+    if aleph_crn::images::cached(&dir).is_none() {
+        return skip(format!(
+            "no guest images in {} (run `aleph-node images build`, or set ALEPH_DATA_DIR)",
+            dir.display()
+        ));
+    }
+    Some(dir)
+}
+
+/// The in-process CCN, and the owner's account on it.
+struct Network {
+    ccn: CcnHandle,
+    owner: Signer,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Network {
+    async fn start() -> Self {
+        let (owner, _) = Signer::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let ccn = aleph_ccn::start(CcnConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("ccn"),
+            database_url: None,
+            funded: vec![FundedAccount {
+                address: owner.address().to_owned(),
+                balance: 1_000_000.0,
+                credit_balance: 1_000_000_000,
+            }],
+        })
+        .await
+        .unwrap();
+        Self {
+            ccn,
+            owner,
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    /// Posts a message signed by the owner, expects it processed; returns its hash.
+    async fn post(&self, message_type: MessageType, content: Value) -> String {
+        let message = self
+            .owner
+            .sign(message_type, content, Some("TEST"))
+            .unwrap();
+        let response = self
+            .http
+            .post(format!("{}/api/v0/messages", self.ccn.url()))
+            .json(&json!({"sync": true, "message": message}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{message_type} not accepted: {body}");
+        message.item_hash.to_string()
+    }
+
+    /// Adds a file to the CCN's store (through its library: the runtime is large) and
+    /// posts its STORE.
+    async fn store(&self, path: &Path) -> String {
+        let file_hash = self.ccn.ccn().add_local_file(path).await.unwrap();
+        self.post(
+            MessageType::Store,
+            json!({"item_type": "storage", "item_hash": file_hash}),
+        )
+        .await
+    }
+
+    async fn program(&self, runtime_file: &Path) -> String {
+        let runtime = self.store(runtime_file).await;
+        let zip = self.dir.path().join("code.zip");
+        std::fs::write(&zip, zip_of("main.py", APP)).unwrap();
+        let code = self.store(&zip).await;
+        self.post(
+            MessageType::Program,
+            json!({
+                "type": "vm-function", "allow_amend": false,
+                "code": {"encoding": "zip", "entrypoint": "main:app", "ref": code, "use_latest": true},
+                "runtime": {"ref": runtime, "use_latest": true, "comment": "python"},
+                "on": {"http": true},
+                "environment": {"internet": false, "aleph_api": false, "reproducible": false, "shared_cache": false},
+                "resources": {"vcpus": 1, "memory": 384, "seconds": 30},
+            }),
+        )
+        .await
+    }
+}
+
+fn zip_of(name: &str, source: &str) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut out);
+    zip.start_file(name, zip::write::SimpleFileOptions::default())
+        .unwrap();
+    zip.write_all(source.as_bytes()).unwrap();
+    zip.finish().unwrap();
+    out.into_inner()
+}
+
+/// Kills whatever VMs a failing test leaves, by their pidfiles.
+struct KillVms(PathBuf);
+
+impl Drop for KillVms {
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.0.join("executions")) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            if let Ok(pid) = std::fs::read_to_string(dir.path().join("qemu.pid"))
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+async fn send(builder: reqwest::RequestBuilder) -> Answer {
+    let response = builder
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    Answer {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+/// The CRN's routes, called with or without an operator key.
+struct Crn<'a> {
+    node: &'a CrnHandle,
+    http: reqwest::Client,
+}
+
+impl Crn<'_> {
+    fn path(reference: &str, action: &str) -> String {
+        format!("/control/machine/{reference}/{action}")
+    }
+
+    fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.http
+            .request(method, format!("{}{path}", self.node.url()))
+    }
+
+    /// `method …/{reference}/{action}`, signed by `key` when given.
+    async fn control(
+        &self,
+        method: &str,
+        reference: &str,
+        action: &str,
+        key: Option<&OperatorKey>,
+    ) -> Answer {
+        let path = Self::path(reference, action);
+        let mut builder = self.request(method, &path);
+        if let Some(key) = key {
+            for (name, value) in key.headers(method, DOMAIN, &path, now()) {
+                builder = builder.header(name, value);
+            }
+        }
+        send(builder).await
+    }
+
+    async fn executions(&self) -> Value {
+        send(self.request("GET", "/v2/about/executions/list"))
+            .await
+            .body
+    }
+}
+
+fn key_of(signer: &Signer) -> OperatorKey {
+    OperatorKey::generate(signer, Duration::from_secs(3600)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_and_delegates_stop_reboot_and_read_logs_strangers_do_not() {
+    let Some(images_dir) = images_dir() else {
+        return;
+    };
+    let runtime = aleph_crn::images::cached(&images_dir)
+        .unwrap()
+        .python_runtime;
+    let network = Network::start().await;
+    let program = network.program(&runtime).await;
+
+    let work = tempfile::Builder::new()
+        .prefix("crn-owner-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let data_dir = work.path().join("crn");
+    let _kill = KillVms(data_dir.clone());
+    let node = aleph_crn::start(CrnConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ccn_url: network.ccn.url(),
+        data_dir: data_dir.clone(),
+        images_dir: Some(images_dir),
+        domain: Some(DOMAIN.into()),
+        ..CrnConfig::default()
+    })
+    .await
+    .expect("the CRN starts");
+    let crn = Crn {
+        node: &node,
+        http: reqwest::Client::new(),
+    };
+
+    let started = Instant::now();
+    let app = send(crn.request("GET", &format!("/vm/{program}/"))).await;
+    assert_eq!(app.status, 200, "{}", app.body);
+    eprintln!("boot: {:.1} s", started.elapsed().as_secs_f64());
+    let first_id = crn.executions().await[&program]["execution_id"].clone();
+    assert!(first_id.is_string());
+
+    let owner = key_of(&network.owner);
+    let (stranger, _) = Signer::generate();
+    let stranger = key_of(&stranger);
+    let (delegate_wallet, _) = Signer::generate();
+    let delegate = key_of(&delegate_wallet);
+
+    // 401: unsigned, an expired key, an operation used twice, one signed for another path.
+    let unsigned = crn.control("POST", &program, "stop", None).await;
+    assert_eq!(unsigned.status, 401, "{}", unsigned.body);
+    assert!(unsigned.body["error"].is_string());
+    let expired = OperatorKey::generate_until(&network.owner, now() - 1).unwrap();
+    let answer = crn.control("POST", &program, "stop", Some(&expired)).await;
+    assert_eq!(answer.status, 401, "expired key: {}", answer.body);
+    let logs_path = Crn::path(&program, "logs");
+    let headers = owner.headers("GET", DOMAIN, &logs_path, now());
+    let signed_once = || {
+        let mut builder = crn.request("GET", &logs_path);
+        for (name, value) in &headers {
+            builder = builder.header(*name, value);
+        }
+        builder
+    };
+    let logs = send(signed_once()).await;
+    assert_eq!(logs.status, 200, "{}", logs.body);
+    let replayed = send(signed_once()).await;
+    assert_eq!(replayed.status, 401, "replayed: {}", replayed.body);
+    let elsewhere = owner.headers("POST", DOMAIN, &Crn::path(&program, "reboot"), now());
+    let mut builder = crn.request("POST", &Crn::path(&program, "stop"));
+    for (name, value) in elsewhere {
+        builder = builder.header(name, value);
+    }
+    let answer = send(builder).await;
+    assert_eq!(answer.status, 401, "signed for reboot: {}", answer.body);
+
+    // The logs: the console of the boot, the agent's lines as `system`.
+    let entries = logs.body.as_array().expect("a list of log entries");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["type"] == "system"
+                && e["message"].as_str().unwrap().contains("aleph-guest:")),
+        "{entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["type"] == "system" || e["type"] == "stdout")
+    );
+
+    // 403: valid signatures by wallets the owner did not delegate to.
+    for action in ["stop", "logs"] {
+        let method = if action == "logs" { "GET" } else { "POST" };
+        let answer = crn.control(method, &program, action, Some(&stranger)).await;
+        assert_eq!(answer.status, 403, "stranger {action}: {}", answer.body);
+    }
+    let answer = crn
+        .control("POST", &program, "reboot", Some(&delegate))
+        .await;
+    assert_eq!(answer.status, 403, "not yet delegated: {}", answer.body);
+    assert_eq!(
+        crn.executions().await[&program]["execution_id"],
+        first_id,
+        "refused requests leave the VM alone"
+    );
+
+    // 404: a VM this node does not run; 501: what is not written yet.
+    let unknown = crn
+        .control("POST", &"ab".repeat(32), "stop", Some(&owner))
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(unknown.body["error"].is_string());
+    let erase = crn.control("POST", &program, "erase", Some(&owner)).await;
+    assert_eq!(erase.status, 501, "{}", erase.body);
+    assert!(
+        erase.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not implemented")
+    );
+
+    // The owner delegates in its `security` aggregate: the delegate may reboot.
+    network
+        .post(
+            MessageType::Aggregate,
+            json!({"key": "security", "content": {"authorizations": [
+                {"address": delegate_wallet.address(), "types": ["INSTANCE"]},
+            ]}}),
+        )
+        .await;
+    let started = Instant::now();
+    let rebooted = crn
+        .control("POST", &program, "reboot", Some(&delegate))
+        .await;
+    assert_eq!(rebooted.status, 200, "{}", rebooted.body);
+    eprintln!("reboot: {:.1} s", started.elapsed().as_secs_f64());
+    let listed = crn.executions().await;
+    assert_eq!(listed[&program]["running"], true, "{listed}");
+    assert_ne!(listed[&program]["execution_id"], first_id, "a new VM");
+    assert_eq!(
+        listed[&program]["execution_id"], rebooted.body["execution_id"],
+        "{listed}"
+    );
+    let app = send(crn.request("GET", &format!("/vm/{program}/"))).await;
+    assert_eq!(app.status, 200, "{}", app.body);
+    assert_eq!(app.body, json!({"message": "Hello World"}));
+
+    // The owner stops it: it leaves the list; stopping again finds nothing.
+    let stopped = crn.control("POST", &program, "stop", Some(&owner)).await;
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    let listed = crn.executions().await;
+    assert!(listed.get(&program).is_none(), "{listed}");
+    let again = crn.control("POST", &program, "stop", Some(&owner)).await;
+    assert_eq!(again.status, 404, "{}", again.body);
+
+    node.shutdown_and_stop_vms().await;
+}
