@@ -239,6 +239,44 @@ impl Crn<'_> {
     }
 }
 
+/// Opens `stream_logs`, authenticates as `key`, and reads messages until `enough` of
+/// them, the socket's end or 20 s. `Err(status)` when the upgrade is refused.
+async fn stream_logs(
+    node: &CrnHandle,
+    reference: &str,
+    key: &OperatorKey,
+    enough: impl Fn(&[Value]) -> bool,
+) -> Result<Vec<Value>, u16> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let path = Crn::path(reference, "stream_logs");
+    let url = format!("ws://{}{path}", node.addr());
+    let mut socket = match tokio_tungstenite::connect_async(&url).await {
+        Ok((socket, _)) => socket,
+        Err(Error::Http(response)) => return Err(response.status().as_u16()),
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let mut auth = serde_json::Map::new();
+    for (name, value) in key.headers("GET", DOMAIN, &path, now()) {
+        auth.insert(name.to_owned(), serde_json::from_str(&value).unwrap());
+    }
+    let auth = json!({"auth": auth}).to_string();
+    socket.send(Message::text(auth)).await.unwrap();
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !enough(&received) {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                received.push(serde_json::from_str(text.as_str()).unwrap())
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) | Err(_) => break,
+        }
+    }
+    let _ = socket.close(None).await;
+    Ok(received)
+}
+
 fn key_of(signer: &Signer) -> OperatorKey {
     OperatorKey::generate(signer, Duration::from_secs(3600)).unwrap()
 }
@@ -331,6 +369,31 @@ async fn owner_and_delegates_stop_reboot_and_read_logs_strangers_do_not() {
             .all(|e| e["type"] == "system" || e["type"] == "stdout")
     );
 
+    // The live logs: connected, then the agent's lines (its boot messages first).
+    let streamed = stream_logs(&node, &program, &owner, |got| {
+        got.iter().skip(1).any(|line| line["type"] == "system")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        streamed.first(),
+        Some(&json!({"status": "connected"})),
+        "{streamed:?}"
+    );
+    assert!(
+        streamed[1..]
+            .iter()
+            .any(|line| line["type"] == "system" && line["message"].is_string()),
+        "{streamed:?}"
+    );
+    let refused = stream_logs(&node, &program, &stranger, |got| !got.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(refused[0]["status"], "failed", "{refused:?}");
+    assert!(refused.len() == 1, "nothing after the refusal: {refused:?}");
+    let unknown = stream_logs(&node, &"ab".repeat(32), &owner, |_| true).await;
+    assert_eq!(unknown, Err(404));
+
     // 403: valid signatures by wallets the owner did not delegate to.
     for action in ["stop", "logs"] {
         let method = if action == "logs" { "GET" } else { "POST" };
@@ -388,8 +451,24 @@ async fn owner_and_delegates_stop_reboot_and_read_logs_strangers_do_not() {
     assert_eq!(app.status, 200, "{}", app.body);
     assert_eq!(app.body, json!({"message": "Hello World"}));
 
-    // The owner stops it: it leaves the list; stopping again finds nothing.
-    let stopped = crn.control("POST", &program, "stop", Some(&owner)).await;
+    // The owner stops it while following its logs: the stream says so and ends; the VM
+    // leaves the list; stopping again finds nothing.
+    let followed = stream_logs(&node, &program, &owner, |got| {
+        got.last()
+            .is_some_and(|line| line["message"] == "the VM stopped")
+    });
+    let stop = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        crn.control("POST", &program, "stop", Some(&owner)).await
+    };
+    let (followed, stopped) = tokio::join!(followed, stop);
+    let followed = followed.unwrap();
+    assert_eq!(followed[0], json!({"status": "connected"}));
+    assert_eq!(
+        followed.last(),
+        Some(&json!({"type": "system", "message": "the VM stopped"})),
+        "{followed:?}"
+    );
     assert_eq!(stopped.status, 200, "{}", stopped.body);
     let listed = crn.executions().await;
     assert!(listed.get(&program).is_none(), "{listed}");

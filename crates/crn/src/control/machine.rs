@@ -7,8 +7,8 @@
 //! | `POST …/stop` | 200 `{"status": "stopped", "ref"}`: the VM is stopped and its execution recorded |
 //! | `POST …/reboot` | 200 `{"status": "rebooted", "ref", "execution_id"}` once the VM runs again (a new execution, same message) |
 //! | `GET …/logs` | 200 `[{"type": "system"\|"stdout", "message"}, …]`: the VM's console |
+//! | `GET …/stream_logs` | a websocket of the app's and the agent's log lines, live (see below) |
 //! | `POST …/erase`, `POST …/reinstall` | 501 (after the checks below) |
-//! | `GET …/stream_logs` | 501, without checks (see below) |
 //!
 //! Checks, in this order: the signature (401: missing or malformed headers, a bad
 //! signature, an expired key, a time too far from ours, an operation signed for another
@@ -34,22 +34,31 @@
 //! stderr do not go to the console but to the agent's log buffer (reached over the
 //! channel, `AgentChannel::logs`): not served here yet.
 //!
-//! `stream_logs` is a websocket whose authentication travels inside it (the first
-//! packet), after the upgrade; until it is written it answers 501 to everyone, which
-//! tells nobody anything.
+//! `stream_logs` is a websocket (404 before the upgrade when the VM does not run here).
+//! Browsers cannot set headers on one, so the signature comes as its first text message,
+//! `{"auth": {"X-SignedPubKey": {…}, "X-SignedOperation": {…}}}` (both headers as JSON
+//! objects), signed for `GET` and the route's path like a header would be, within
+//! [`AUTH_WAIT`]. The same checks then answer `{"status": "failed", "reason"}` and
+//! close, or `{"status": "connected"}` followed by `{"type": "stdout"|"stderr"|"system",
+//! "message"}` for each line of the guest agent's log (its recent lines first, then live):
+//! the app's output and the agent's own messages. When the VM stops, a last `system`
+//! line says so and the socket closes.
 
 use crate::error::ProgramError;
 use crate::execution::Execution;
 use crate::pool::Pool;
 use aleph_protocol::auth::operator::{
     self, OperatorAuthError, ReplayGuard, SIGNED_OPERATION_HEADER, SIGNED_PUBKEY_HEADER,
+    SignedOperation, SignedPubKey, Verified,
 };
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +68,8 @@ pub const MACHINE_PREFIX: &str = "/control/machine";
 pub const MAX_LOG_BYTES: u64 = 1 << 20;
 /// The marker the guest agent puts before its own console lines.
 const AGENT_MARKER: &str = "aleph-guest: ";
+/// How long a `stream_logs` client has to send its `auth` message.
+pub const AUTH_WAIT: Duration = Duration::from_secs(30);
 /// How long the CCN may take to give the owner's `security` aggregate.
 const AGGREGATE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,7 +161,8 @@ impl OwnerControls {
         }
     }
 
-    /// All the checks of the module doc; the running execution the request may act on.
+    /// All the checks of the module doc, on a request's headers; the running
+    /// execution the request may act on.
     async fn authorize(
         &self,
         method: &Method,
@@ -160,22 +172,43 @@ impl OwnerControls {
     ) -> Result<Arc<Execution>, ControlError> {
         let now = chrono::Utc::now().timestamp();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let host = header(header::HOST.as_str()).or_else(|| uri.host());
-        let domain = signed_domain(self.pool.config().domain.as_deref(), host);
         let verified = operator::verify(
             header(SIGNED_PUBKEY_HEADER),
             header(SIGNED_OPERATION_HEADER),
             method.as_str(),
-            &domain,
+            &self.domain(uri, headers),
             uri.path(),
             now,
         )?;
         self.replays.check(&verified, now)?;
+        let execution = self.running(reference)?;
+        self.check_owner(&execution, &verified).await?;
+        Ok(execution)
+    }
 
-        let execution = crate::resources::check_hash(reference)
+    /// The domain operations to this node must name (see the module doc).
+    fn domain(&self, uri: &Uri, headers: &HeaderMap) -> String {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| uri.host());
+        signed_domain(self.pool.config().domain.as_deref(), host)
+    }
+
+    /// The running execution `reference` names.
+    fn running(&self, reference: &str) -> Result<Arc<Execution>, ControlError> {
+        crate::resources::check_hash(reference)
             .ok()
             .and_then(|hash| self.pool.execution(&hash))
-            .ok_or_else(|| ControlError::NotRunning(reference.to_owned()))?;
+            .ok_or_else(|| ControlError::NotRunning(reference.to_owned()))
+    }
+
+    /// Whether the verified wallet owns the execution's VM or is delegated by its owner.
+    async fn check_owner(
+        &self,
+        execution: &Execution,
+        verified: &Verified,
+    ) -> Result<(), ControlError> {
         let owner = &execution.program.content.address;
         // The owner needs no aggregate: spare the CCN the question.
         let security = if owner.eq_ignore_ascii_case(&verified.address) {
@@ -183,8 +216,100 @@ impl OwnerControls {
         } else {
             self.security_aggregate(owner).await?
         };
-        operator::check_authorized(owner, security.as_ref(), &verified)?;
-        Ok(execution)
+        operator::check_authorized(owner, security.as_ref(), verified)?;
+        Ok(())
+    }
+
+    /// The checks of a `stream_logs` socket's first message.
+    async fn authorize_socket(
+        &self,
+        first: &str,
+        domain: &str,
+        path: &str,
+        execution: &Execution,
+    ) -> Result<(), ControlError> {
+        let packet: AuthPacket =
+            serde_json::from_str(first).map_err(|e| OperatorAuthError::Malformed {
+                header: "auth message",
+                reason: e.to_string(),
+            })?;
+        let now = chrono::Utc::now().timestamp();
+        let verified = operator::verify_signed(
+            &packet.auth.signed_pubkey,
+            &packet.auth.signed_operation,
+            "GET",
+            domain,
+            path,
+            now,
+        )?;
+        self.replays.check(&verified, now)?;
+        self.check_owner(execution, &verified).await
+    }
+
+    /// Serves an upgraded `stream_logs` socket: its authentication, then the log lines
+    /// until the VM stops or the client goes.
+    async fn stream_logs(
+        &self,
+        mut socket: WebSocket,
+        execution: Arc<Execution>,
+        domain: String,
+        path: String,
+    ) {
+        let first = match tokio::time::timeout(AUTH_WAIT, socket.recv()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
+            Ok(Some(Ok(_))) => String::new(),
+            // Gone, broken, or silent too long.
+            Ok(_) => return,
+            Err(_) => {
+                let _ = send_json(&mut socket, &failed("no auth message in time")).await;
+                return;
+            }
+        };
+        if let Err(e) = self
+            .authorize_socket(&first, &domain, &path, &execution)
+            .await
+        {
+            let _ = send_json(&mut socket, &failed(&e.to_string())).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        if send_json(&mut socket, &json!({"status": "connected"}))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let lines = match execution.channel().logs().await {
+            Ok(lines) => lines,
+            Err(e) => {
+                let line = system_line(&format!("the VM's logs cannot be read: {e}"));
+                let _ = send_json(&mut socket, &line).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        };
+        let mut lines = std::pin::pin!(lines);
+        loop {
+            tokio::select! {
+                line = lines.next() => match line {
+                    Some(Ok(line)) => {
+                        let entry = json!({"type": line.stream, "message": line.message});
+                        if send_json(&mut socket, &entry).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The session ended: the VM stopped (or its channel broke).
+                    _ => break,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    // Pings are answered by axum; anything else is ignored.
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        let _ = send_json(&mut socket, &system_line("the VM stopped")).await;
+        let _ = socket.send(Message::Close(None)).await;
     }
 
     /// The owner's `security` aggregate; `None` when the owner has none.
@@ -207,6 +332,32 @@ impl OwnerControls {
             .and_then(|data| data.get("security"))
             .cloned())
     }
+}
+
+/// The first message of a `stream_logs` socket.
+#[derive(Debug, Deserialize)]
+struct AuthPacket {
+    auth: AuthHeaders,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthHeaders {
+    #[serde(rename = "X-SignedPubKey")]
+    signed_pubkey: SignedPubKey,
+    #[serde(rename = "X-SignedOperation")]
+    signed_operation: SignedOperation,
+}
+
+fn failed(reason: &str) -> Value {
+    json!({"status": "failed", "reason": reason})
+}
+
+fn system_line(message: &str) -> Value {
+    json!({"type": "system", "message": message})
+}
+
+async fn send_json(socket: &mut WebSocket, value: &Value) -> Result<(), axum::Error> {
+    socket.send(Message::Text(value.to_string().into())).await
 }
 
 /// The domain an operation must be signed for: the configured one, else the `Host`
@@ -339,8 +490,19 @@ async fn reinstall(
     Err(ControlError::NotImplemented("reinstall"))
 }
 
-async fn stream_logs() -> ControlError {
-    ControlError::NotImplemented("stream_logs (websocket)")
+async fn stream_logs(
+    State(controls): Controls,
+    Path(reference): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ControlError> {
+    let execution = controls.running(&reference)?;
+    let domain = controls.domain(&uri, &headers);
+    let path = uri.path().to_owned();
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        controls.stream_logs(socket, execution, domain, path).await
+    }))
 }
 
 #[cfg(test)]
