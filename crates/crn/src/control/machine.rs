@@ -31,8 +31,9 @@
 //! `logs` reads the console (`serial.log` of the execution folder, its last
 //! [`MAX_LOG_BYTES`]): the guest agent's own lines (`aleph-guest: …`) are `system`,
 //! everything else on the console (kernel, init) `stdout`. The app's own stdout and
-//! stderr do not go to the console but to the agent's log buffer (reached over the
-//! channel, `AgentChannel::logs`): not served here yet.
+//! stderr do not go to the console but to the agent's log buffer, which `stream_logs`
+//! serves (a one-shot read of it has no end marker to stop at, so `logs` keeps to the
+//! console).
 //!
 //! `stream_logs` is a websocket (404 before the upgrade when the VM does not run here).
 //! Browsers cannot set headers on one, so the signature comes as its first text message,
