@@ -74,6 +74,22 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// session that a reconnection began can still see the previous host's hang-up.
 const HANG_UP_SETTLE: Duration = Duration::from_millis(500);
 
+/// How long, after a hang-up, a host that is connected again may send nothing before
+/// the session takes the hang-up as stale and goes on. A host that came back sends its
+/// preface at once; until something comes, this session's writes wait, since they would
+/// reach a new host's connection ahead of the agent's own preface.
+const HOST_BACK_HOLD: Duration = Duration::from_millis(200);
+
+/// A hang-up being settled.
+struct HangUp {
+    /// Since when the port has said what it says now (host gone, or host back).
+    since: Instant,
+    /// A host is connected again (reads block) and has sent nothing yet.
+    host_back: bool,
+    /// When to look again.
+    recheck: Pin<Box<Sleep>>,
+}
+
 /// One host session's view of the port, a non-blocking byte stream for hyper.
 ///
 /// The port has no connection boundaries in-band, and its hang-up notice (POLLHUP) is
@@ -90,7 +106,10 @@ const HANG_UP_SETTLE: Duration = Duration::from_millis(500);
 ///   start. A read never spans two of the port's buffers, and a new connection's bytes
 ///   start a new buffer, so its preface starts a read;
 /// - a hang-up that lasts: reads find nothing and no host for [`HANG_UP_SETTLE`]. While
-///   a hang-up settles, writes wait: they would reach the next host's connection.
+///   a hang-up settles, writes wait: they would reach the next host's connection. A host
+///   back after a hang-up either sends a preface (a new connection) or something else
+///   (the hang-up was stale: the same connection goes on), or nothing for
+///   [`HOST_BACK_HOLD`] (taken as stale too).
 ///
 /// Tokio keeps a hang-up as final on a registration (waiting after one returns at once,
 /// forever), so the port is registered afresh once a hang-up has cleared.
@@ -101,8 +120,8 @@ struct Port {
     pending: Vec<u8>,
     /// The start of the next connection, read by this session.
     next: Vec<u8>,
-    /// A hang-up is showing: since when, and when to look again.
-    hang_up: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// A hang-up was seen and is not settled yet.
+    hang_up: Option<HangUp>,
     /// A hang-up was seen and has cleared: the next read may start a new connection
     /// wherever this one's frames stand.
     after_hang_up: bool,
@@ -148,8 +167,18 @@ impl Port {
 
     /// The port reports no host: settle whether it has left.
     fn hung_up(&mut self) {
-        let recheck = Box::pin(tokio::time::sleep(Duration::ZERO));
-        self.hang_up = Some((Instant::now(), recheck));
+        self.hang_up = Some(HangUp {
+            since: Instant::now(),
+            host_back: false,
+            recheck: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        });
+    }
+
+    /// The hang-up was stale: this connection goes on, on a fresh registration.
+    fn resume(&mut self) -> io::Result<()> {
+        self.hang_up = None;
+        self.fd = register(self.fd.get_ref()).map_err(io::Error::other)?;
+        Ok(())
     }
 
     fn end(&mut self) {
@@ -166,33 +195,51 @@ impl Port {
             if self.ended {
                 return Poll::Ready(Ok(()));
             }
-            if let Some((since, recheck)) = &mut self.hang_up {
-                match nix::unistd::read(self.fd.get_ref().as_raw_fd(), &mut buf) {
+            if let Some(hang_up) = &mut self.hang_up {
+                let read = nix::unistd::read(self.fd.get_ref().as_raw_fd(), &mut buf);
+                match read {
                     // The tail of this connection, or the next one's start.
                     Ok(n) if n > 0 => {
+                        let host_back = hang_up.host_back;
                         self.after_hang_up = true;
                         self.take(&buf[..n]);
+                        if host_back && !self.ended {
+                            // Sent by a host that is back, and no preface: the same
+                            // connection, whose hang-up was stale.
+                            self.resume()?;
+                        }
                         return Poll::Ready(Ok(()));
                     }
-                    Ok(_) if since.elapsed() >= HANG_UP_SETTLE => {
-                        self.end();
-                        return Poll::Ready(Ok(()));
-                    }
-                    // Still no host: look again shortly.
+                    // No host, nothing buffered.
                     Ok(_) => {
-                        ready!(recheck.as_mut().poll(cx));
-                        let at = tokio::time::Instant::now() + Duration::from_millis(5);
-                        recheck.as_mut().reset(at);
+                        if std::mem::take(&mut hang_up.host_back) {
+                            hang_up.since = Instant::now();
+                        }
+                        if hang_up.since.elapsed() >= HANG_UP_SETTLE {
+                            self.end();
+                            return Poll::Ready(Ok(()));
+                        }
                     }
-                    // A host is connected and nothing is buffered: the hang-up has
-                    // cleared. A host that came back starts with its preface.
+                    // A host is connected, nothing buffered.
                     Err(nix::errno::Errno::EAGAIN) => {
-                        self.hang_up = None;
-                        self.after_hang_up = true;
-                        self.fd = register(self.fd.get_ref()).map_err(io::Error::other)?;
+                        if !hang_up.host_back {
+                            hang_up.host_back = true;
+                            hang_up.since = Instant::now();
+                        }
+                        if hang_up.since.elapsed() >= HOST_BACK_HOLD {
+                            // Stale, or a new host slow to start: its preface is still
+                            // recognised at the start of the next read.
+                            self.after_hang_up = true;
+                            self.resume()?;
+                            continue;
+                        }
                     }
                     Err(e) => return Poll::Ready(Err(e.into())),
                 }
+                // Look again shortly.
+                ready!(hang_up.recheck.as_mut().poll(cx));
+                let at = tokio::time::Instant::now() + Duration::from_millis(5);
+                hang_up.recheck.as_mut().reset(at);
                 continue;
             }
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
