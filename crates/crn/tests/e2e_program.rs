@@ -5,13 +5,12 @@
 //! Needs root, QEMU and the guest images in `$ALEPH_DATA_DIR` (`aleph-node images
 //! build`); skips with the reason printed otherwise.
 
-use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
+mod common;
+
 use aleph_crn::{CrnConfig, CrnHandle};
-use aleph_protocol::signing::Signer;
 use aleph_types::message::MessageType;
+use common::deploy::{KillVms, Network, program_content, zip_of};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -86,79 +85,7 @@ fn setup() -> Option<Setup> {
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// A funded account on the in-process CCN, posting signed messages over HTTP.
-struct Network {
-    ccn: CcnHandle,
-    signer: Signer,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
 impl Network {
-    async fn start() -> Self {
-        let (signer, _) = Signer::generate();
-        let dir = tempfile::tempdir().unwrap();
-        let ccn = aleph_ccn::start(CcnConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("ccn"),
-            database_url: None,
-            funded: vec![FundedAccount {
-                address: signer.address().to_owned(),
-                balance: 1_000_000.0,
-                credit_balance: 1_000_000_000,
-            }],
-        })
-        .await
-        .unwrap();
-        Self {
-            ccn,
-            signer,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        }
-    }
-
-    /// Posts a signed inline message and expects it processed; returns its hash.
-    async fn post(&self, message_type: MessageType, content: Value) -> String {
-        let message = self
-            .signer
-            .sign(message_type, content, Some("TEST"))
-            .unwrap();
-        let response = self
-            .http
-            .post(format!("{}/api/v0/messages", self.ccn.url()))
-            .json(&json!({"sync": true, "message": message}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(status, 200, "{message_type} not accepted: {body}");
-        message.item_hash.to_string()
-    }
-
-    /// Writes `bytes` to a file and stores it; see [`Network::store_file`].
-    async fn store(&self, bytes: &[u8], reference: Option<&str>) -> String {
-        let path = self._dir.path().join(sha256_hex(bytes));
-        std::fs::write(&path, bytes).unwrap();
-        self.store_file(&path, reference).await
-    }
-
-    /// Adds a file to the CCN's store through its library (the runtime may be larger
-    /// than the HTTP upload limit), then posts its STORE; returns the STORE's hash.
-    async fn store_file(&self, path: &Path, reference: Option<&str>) -> String {
-        let file_hash = self.ccn.ccn().add_local_file(path).await.unwrap();
-        let mut content = json!({"item_type": "storage", "item_hash": file_hash});
-        if let Some(reference) = reference {
-            content["ref"] = json!(reference);
-        }
-        self.post(MessageType::Store, content).await
-    }
-
     async fn program(&self, runtime: &str, code: &str, seconds: u32) -> String {
         self.program_with(
             runtime,
@@ -169,32 +96,11 @@ impl Network {
     }
 
     async fn program_with(&self, runtime: &str, code: &str, resources: Value) -> String {
-        self.post(
-            MessageType::Program,
-            json!({
-                "type": "vm-function", "allow_amend": false,
-                "code": {"encoding": "zip", "entrypoint": "main:app", "ref": code, "use_latest": true},
-                "runtime": {"ref": runtime, "use_latest": true, "comment": "python"},
-                "on": {"http": true},
-                "environment": {"internet": false, "aleph_api": false, "reproducible": false, "shared_cache": false},
-                "resources": resources,
-                "variables": {"GREETING": "hello"},
-            }),
-        )
-        .await
+        let mut content = program_content(runtime, code);
+        content["resources"] = resources;
+        content["variables"] = json!({"GREETING": "hello"});
+        self.post(MessageType::Program, content).await
     }
-}
-
-fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    let mut zip = zip::ZipWriter::new(&mut out);
-    for (name, source) in files {
-        zip.start_file(*name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zip.write_all(source.as_bytes()).unwrap();
-    }
-    zip.finish().unwrap();
-    out.into_inner()
 }
 
 async fn start_crn(network: &Network, setup: &Setup, data_dir: &Path) -> CrnHandle {
@@ -246,27 +152,6 @@ async fn executions(http: &reqwest::Client, crn: &CrnHandle) -> Value {
     request(http.get(format!("{}/v2/about/executions/list", crn.url())))
         .await
         .body
-}
-
-/// Stops whatever VMs a failing test leaves, by their pidfiles.
-struct KillVms(PathBuf);
-
-impl Drop for KillVms {
-    fn drop(&mut self) {
-        let Ok(dirs) = std::fs::read_dir(self.0.join("executions")) else {
-            return;
-        };
-        for dir in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(dir.path().join("qemu.pid"))
-                && let Ok(pid) = pid.trim().parse::<i32>()
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,14 @@
 //! Needs root, QEMU and the guest images in `$ALEPH_DATA_DIR` (`aleph-node images
 //! build`); skips with the reason printed otherwise. One VM, booted twice (the reboot).
 
-use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
+mod common;
+
 use aleph_crn::{CrnConfig, CrnHandle};
 use aleph_protocol::auth::operator::OperatorKey;
 use aleph_protocol::signing::Signer;
 use aleph_types::message::MessageType;
+use common::deploy::{KillVms, Network, program_content, zip_of};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -61,116 +62,12 @@ fn images_dir() -> Option<PathBuf> {
     Some(dir)
 }
 
-/// The in-process CCN, and the owner's account on it.
-struct Network {
-    ccn: CcnHandle,
-    owner: Signer,
-    http: reqwest::Client,
-    dir: tempfile::TempDir,
-}
-
 impl Network {
-    async fn start() -> Self {
-        let (owner, _) = Signer::generate();
-        let dir = tempfile::tempdir().unwrap();
-        let ccn = aleph_ccn::start(CcnConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("ccn"),
-            database_url: None,
-            funded: vec![FundedAccount {
-                address: owner.address().to_owned(),
-                balance: 1_000_000.0,
-                credit_balance: 1_000_000_000,
-            }],
-        })
-        .await
-        .unwrap();
-        Self {
-            ccn,
-            owner,
-            http: reqwest::Client::new(),
-            dir,
-        }
-    }
-
-    /// Posts a message signed by the owner, expects it processed; returns its hash.
-    async fn post(&self, message_type: MessageType, content: Value) -> String {
-        let message = self
-            .owner
-            .sign(message_type, content, Some("TEST"))
-            .unwrap();
-        let response = self
-            .http
-            .post(format!("{}/api/v0/messages", self.ccn.url()))
-            .json(&json!({"sync": true, "message": message}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(status, 200, "{message_type} not accepted: {body}");
-        message.item_hash.to_string()
-    }
-
-    /// Adds a file to the CCN's store (through its library: the runtime is large) and
-    /// posts its STORE.
-    async fn store(&self, path: &Path) -> String {
-        let file_hash = self.ccn.ccn().add_local_file(path).await.unwrap();
-        self.post(
-            MessageType::Store,
-            json!({"item_type": "storage", "item_hash": file_hash}),
-        )
-        .await
-    }
-
     async fn program(&self, runtime_file: &Path) -> String {
-        let runtime = self.store(runtime_file).await;
-        let zip = self.dir.path().join("code.zip");
-        std::fs::write(&zip, zip_of("main.py", APP)).unwrap();
-        let code = self.store(&zip).await;
-        self.post(
-            MessageType::Program,
-            json!({
-                "type": "vm-function", "allow_amend": false,
-                "code": {"encoding": "zip", "entrypoint": "main:app", "ref": code, "use_latest": true},
-                "runtime": {"ref": runtime, "use_latest": true, "comment": "python"},
-                "on": {"http": true},
-                "environment": {"internet": false, "aleph_api": false, "reproducible": false, "shared_cache": false},
-                "resources": {"vcpus": 1, "memory": 384, "seconds": 30},
-            }),
-        )
-        .await
-    }
-}
-
-fn zip_of(name: &str, source: &str) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    let mut zip = zip::ZipWriter::new(&mut out);
-    zip.start_file(name, zip::write::SimpleFileOptions::default())
-        .unwrap();
-    zip.write_all(source.as_bytes()).unwrap();
-    zip.finish().unwrap();
-    out.into_inner()
-}
-
-/// Kills whatever VMs a failing test leaves, by their pidfiles.
-struct KillVms(PathBuf);
-
-impl Drop for KillVms {
-    fn drop(&mut self) {
-        let Ok(dirs) = std::fs::read_dir(self.0.join("executions")) else {
-            return;
-        };
-        for dir in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(dir.path().join("qemu.pid"))
-                && let Ok(pid) = pid.trim().parse::<i32>()
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        let runtime = self.store_file(runtime_file, None).await;
+        let code = self.store(&zip_of(&[("main.py", APP)]), None).await;
+        self.post(MessageType::Program, program_content(&runtime, &code))
+            .await
     }
 }
 
@@ -320,7 +217,7 @@ async fn owner_and_delegates_stop_reboot_and_read_logs_strangers_do_not() {
     let first_id = crn.executions().await[&program]["execution_id"].clone();
     assert!(first_id.is_string());
 
-    let owner = key_of(&network.owner);
+    let owner = key_of(&network.signer);
     let (stranger, _) = Signer::generate();
     let stranger = key_of(&stranger);
     let (delegate_wallet, _) = Signer::generate();
@@ -330,7 +227,7 @@ async fn owner_and_delegates_stop_reboot_and_read_logs_strangers_do_not() {
     let unsigned = crn.control("POST", &program, "stop", None).await;
     assert_eq!(unsigned.status, 401, "{}", unsigned.body);
     assert!(unsigned.body["error"].is_string());
-    let expired = OperatorKey::generate_until(&network.owner, now() - 1).unwrap();
+    let expired = OperatorKey::generate_until(&network.signer, now() - 1).unwrap();
     let answer = crn.control("POST", &program, "stop", Some(&expired)).await;
     assert_eq!(answer.status, 401, "expired key: {}", answer.body);
     let logs_path = Crn::path(&program, "logs");

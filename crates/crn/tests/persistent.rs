@@ -7,7 +7,8 @@
 //!   (root, QEMU and the guest images in `$ALEPH_DATA_DIR`, built with this tree's
 //!   agent; skips with the reason printed otherwise).
 
-use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
+mod common;
+
 use aleph_crn::execution::prepare::BootImages;
 use aleph_crn::{CrnConfig, CrnHandle};
 use aleph_protocol::auth::eip191_v1;
@@ -16,8 +17,8 @@ use aleph_protocol::signing::Signer;
 use aleph_types::message::MessageType;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use common::deploy::{KillVms, Network, program_content, zip_of};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -373,108 +374,12 @@ fn setup() -> Option<Setup> {
     })
 }
 
-/// An in-process CCN with a funded account.
-struct Network {
-    ccn: CcnHandle,
-    signer: Signer,
-    http: reqwest::Client,
-    dir: tempfile::TempDir,
-}
-
 impl Network {
-    async fn start() -> Self {
-        let (signer, _) = Signer::generate();
-        let dir = tempfile::tempdir().unwrap();
-        let ccn = aleph_ccn::start(CcnConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("ccn"),
-            database_url: None,
-            funded: vec![FundedAccount {
-                address: signer.address().to_owned(),
-                balance: 1_000_000.0,
-                credit_balance: 1_000_000_000,
-            }],
-        })
-        .await
-        .unwrap();
-        Self {
-            ccn,
-            signer,
-            http: reqwest::Client::new(),
-            dir,
-        }
-    }
-
-    async fn post(&self, message_type: MessageType, content: Value) -> String {
-        let message = self
-            .signer
-            .sign(message_type, content, Some("TEST"))
-            .unwrap();
-        let response = self
-            .http
-            .post(format!("{}/api/v0/messages", self.ccn.url()))
-            .json(&json!({"sync": true, "message": message}))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(status, 200, "{message_type} not accepted: {body}");
-        message.item_hash.to_string()
-    }
-
-    async fn store_file(&self, path: &Path) -> String {
-        let file_hash = self.ccn.ccn().add_local_file(path).await.unwrap();
-        self.post(
-            MessageType::Store,
-            json!({"item_type": "storage", "item_hash": file_hash}),
-        )
-        .await
-    }
-
     async fn persistent_program(&self, runtime: &str, source: &str) -> String {
-        let mut zip_bytes = std::io::Cursor::new(Vec::new());
-        let mut zip = zip::ZipWriter::new(&mut zip_bytes);
-        zip.start_file("main.py", zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zip.write_all(source.as_bytes()).unwrap();
-        zip.finish().unwrap();
-        let path = self.dir.path().join("code.zip");
-        std::fs::write(&path, zip_bytes.into_inner()).unwrap();
-        let code = self.store_file(&path).await;
-        self.post(
-            MessageType::Program,
-            json!({
-                "type": "vm-function", "allow_amend": false,
-                "code": {"encoding": "zip", "entrypoint": "main:app", "ref": code, "use_latest": true},
-                "runtime": {"ref": runtime, "use_latest": true, "comment": "python"},
-                "on": {"http": true, "persistent": true},
-                "environment": {"internet": false, "aleph_api": false, "reproducible": false, "shared_cache": false},
-                "resources": {"vcpus": 1, "memory": 384, "seconds": 30},
-            }),
-        )
-        .await
-    }
-}
-
-/// Kills whatever VMs a failing test leaves, by their pidfiles.
-struct KillVms(PathBuf);
-
-impl Drop for KillVms {
-    fn drop(&mut self) {
-        let Ok(dirs) = std::fs::read_dir(self.0.join("executions")) else {
-            return;
-        };
-        for dir in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(dir.path().join("qemu.pid"))
-                && let Ok(pid) = pid.trim().parse::<i32>()
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        let code = self.store(&zip_of(&[("main.py", source)]), None).await;
+        let mut content = program_content(runtime, &code);
+        content["on"]["persistent"] = json!(true);
+        self.post(MessageType::Program, content).await
     }
 }
 
@@ -512,7 +417,7 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
 async fn persistent_program_lives_restarts_is_readopted_and_stops() {
     let Some(setup) = setup() else { return };
     let network = Network::start().await;
-    let runtime = network.store_file(&setup.runtime).await;
+    let runtime = network.store_file(&setup.runtime, None).await;
     let program = network.persistent_program(&runtime, HELLO).await;
 
     let work = tempfile::Builder::new()

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod deploy;
+
 use aleph_crn::channel::AgentChannel;
 use aleph_crn::hypervisor::qemu::{QemuConfig, QemuDriver};
 use aleph_crn::hypervisor::{BootSource, ChannelSpec, Drive, Hypervisor, RunningVm, VmSpec};
