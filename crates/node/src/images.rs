@@ -20,6 +20,20 @@ enum Command {
         #[arg(long)]
         guest_bin: Option<PathBuf>,
     },
+    /// Build (or verify) an instance root filesystem, and print where it is.
+    Rootfs {
+        /// Which one; only `debian12` so far.
+        #[arg(value_enum)]
+        distribution: Distribution,
+        /// The node's data folder (images go to DATA/images).
+        #[arg(long, env = images::DATA_DIR_ENV)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Distribution {
+    Debian12,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -37,6 +51,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             println!("initramfs      = {:?}", built.initramfs);
             println!("python_runtime = {:?}", built.python_runtime);
             println!("agent_sha256   = {:?}", built.agent_sha256);
+            Ok(())
+        }
+        Command::Rootfs {
+            distribution: Distribution::Debian12,
+            data_dir,
+        } => {
+            let data_dir = data_dir.unwrap_or_else(images::default_data_dir);
+            let built = images::build_rootfs(&data_dir, &StderrProgress).await?;
+            println!("image          = {:?}", built.image);
+            println!("kernel         = {:?}", built.kernel);
+            println!("initrd         = {:?}", built.initrd);
+            println!("kernel_version = {:?}", built.kernel_version);
+            println!("size_bytes     = {}", built.size_bytes);
             Ok(())
         }
     }

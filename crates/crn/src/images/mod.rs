@@ -13,6 +13,7 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod options;
+mod rootfs;
 mod runtime;
 mod store;
 mod tools;
@@ -21,6 +22,9 @@ mod vmlinux;
 pub use options::{
     BuildOptions, DATA_DIR_ENV, GUEST_BIN_ENV, NoProgress, Progress, RuntimeRecipe, StderrProgress,
     default_data_dir, default_guest_bin,
+};
+pub use rootfs::{
+    INITRD_LINK, KERNEL_LINK, ROOTFS_LABEL, ROOTFS_LINK, RootfsImage, build_rootfs, cached_rootfs,
 };
 pub use tools::ToolError;
 
