@@ -29,11 +29,13 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 /// and e2fsprogs for the boot-time fsck and cloud-init's resize2fs.
 /// `python3-cffi-backend` is named because debootstrap does not resolve virtual packages:
 /// python3-cryptography (needed by cloud-init) depends on `python3-cffi-backend-api-*`,
-/// which only it provides.
+/// which only it provides; likewise `dbus` for systemd-resolved's `dbus-system-bus` (and
+/// logind needs it to act on the power button).
 const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
     "systemd-resolved",
+    "dbus",
     "udev",
     "cloud-init",
     "python3-cffi-backend",
@@ -171,9 +173,13 @@ pub async fn build_rootfs(data_dir: &Path, progress: &dyn Progress) -> Result<Ro
 
     let start = Instant::now();
     progress.step(&format!("debian12 rootfs: {key}"));
-    runtime::debootstrap(&recipe(), &root)
-        .await
-        .context("debootstrap of the instance root filesystem")?;
+    if let Err(e) = runtime::debootstrap(&recipe(), &root).await {
+        // debootstrap says what went wrong in its log, which the scratch folder takes away.
+        return Err(e.context(format!(
+            "debootstrap of the instance root filesystem; the end of its log:\n{}",
+            debootstrap_log_tail(&root)
+        )));
+    }
     progress.step(&format!("debian12 rootfs: debootstrap in {}", took(start)));
 
     let start = Instant::now();
@@ -223,6 +229,19 @@ pub async fn build_rootfs(data_dir: &Path, progress: &dyn Progress) -> Result<Ro
         took(total)
     ));
     Ok(entry.paths(&store))
+}
+
+/// The lines of debootstrap's log that say why dpkg stopped, else its last lines.
+fn debootstrap_log_tail(root: &Path) -> String {
+    let log = std::fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("depends on") || l.contains("error") || l.starts_with("E:"))
+        .collect();
+    let chosen = if errors.is_empty() { &lines } else { &errors };
+    chosen[chosen.len().saturating_sub(20)..].join("\n")
 }
 
 fn link_all(store: &Store, entry: &RootfsEntry) -> Result<()> {
@@ -277,7 +296,7 @@ async fn configure(root: &Path) -> Result<()> {
     }
 
     std::fs::create_dir_all(path("etc/cloud/cloud.cfg.d"))?;
-    std::fs::write(path("etc/cloud/cloud.cfg.d/90-aleph.cfg"), CLOUD_CFG)?;
+    std::fs::write(path("etc/cloud/cloud.cfg.d/99_aleph.cfg"), CLOUD_CFG)?;
     std::fs::write(path("etc/fstab"), FSTAB)?;
     std::fs::write(path("etc/hostname"), "localhost\n")?;
     std::fs::write(path("etc/apt/sources.list"), SOURCES_LIST)?;
