@@ -214,6 +214,17 @@ impl Vm {
     }
 }
 
+/// Lines of a boot's console that say something went wrong: a unit that failed, a
+/// cloud-init module that failed, a root filesystem not checked.
+fn trouble(console: &str) -> Vec<&str> {
+    console
+        .lines()
+        .filter(|l| {
+            l.contains("[FAILED]") || l.contains("[WARNING]") || l.contains("fsck not present")
+        })
+        .collect()
+}
+
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -308,6 +319,7 @@ fn instance_boots_gets_its_hostname_and_key_and_boots_again() {
     eprintln!("first boot (cloud-init per-instance): {first_boot:.1?}");
     let console = vm.console();
     assert!(console.contains(HOST_KEYS_BANNER), "{console}");
+    assert_eq!(trouble(&console), Vec::<&str>::new(), "first boot");
     vm.power_off();
     drop(vm);
 
@@ -331,6 +343,7 @@ fn instance_boots_gets_its_hostname_and_key_and_boots_again() {
         !console.contains(HOST_KEYS_BANNER),
         "host keys made again on the second boot:\n{console}"
     );
+    assert_eq!(trouble(&console), Vec::<&str>::new(), "second boot");
     vm.power_off();
     drop(vm);
 

@@ -26,7 +26,8 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// On top of `--variant=minbase`: an init, cloud-init and sshd, the kernel with an
 /// initramfs generator, networkd's resolver for the DNS servers cloud-init configures,
-/// and e2fsprogs for the boot-time fsck and cloud-init's resize2fs.
+/// and e2fsprogs for the boot-time fsck and cloud-init's resize2fs (zstd: the
+/// initramfs's default compression).
 /// `python3-cffi-backend` is named because debootstrap does not resolve virtual packages:
 /// python3-cryptography (needed by cloud-init) depends on `python3-cffi-backend-api-*`,
 /// which only it provides; likewise `dbus` for systemd-resolved's `dbus-system-bus` (and
@@ -42,6 +43,7 @@ const PACKAGES: &[&str] = &[
     "openssh-server",
     "linux-image-cloud-amd64",
     "initramfs-tools",
+    "zstd",
     "e2fsprogs",
     "iproute2",
     "ca-certificates",
@@ -49,7 +51,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Bumped whenever [`configure`] or the image layout changes what comes out.
-const CONFIGURE_VERSION: u32 = 1;
+const CONFIGURE_VERSION: u32 = 3;
 
 /// Free room left in the filesystem, on top of its content (dpkg, logs, the first
 /// `apt-get update`); the overlay and cloud-init's resize2fs give instances the rest.
@@ -261,6 +263,8 @@ fn mib(bytes: u64) -> String {
 const CLOUD_CFG: &str = "\
 # Written by the Aleph CRN image builder.
 datasource_list: [ NoCloud ]
+# The image has no `locales` package; C.UTF-8 is built into libc.
+locale: C.UTF-8
 system_info:
   network:
     renderers: [ networkd ]
@@ -298,6 +302,7 @@ async fn configure(root: &Path) -> Result<()> {
     std::fs::create_dir_all(path("etc/cloud/cloud.cfg.d"))?;
     std::fs::write(path("etc/cloud/cloud.cfg.d/99_aleph.cfg"), CLOUD_CFG)?;
     std::fs::write(path("etc/fstab"), FSTAB)?;
+    std::fs::write(path("etc/default/locale"), "LANG=C.UTF-8\n")?;
     std::fs::write(path("etc/hostname"), "localhost\n")?;
     std::fs::write(path("etc/apt/sources.list"), SOURCES_LIST)?;
     // debootstrap copied the build host's resolver; systemd-resolved's stub replaces it.
@@ -313,6 +318,26 @@ async fn configure(root: &Path) -> Result<()> {
     // (or with no NIC at all) must still boot to its console, so nothing waits for one.
     chroot_systemctl(root, &["enable", "systemd-networkd", "systemd-resolved"]).await?;
     chroot_systemctl(root, &["mask", "systemd-networkd-wait-online.service"]).await?;
+
+    // The kernel's initramfs left out fsck: its hook learns the root's type by probing the
+    // root device, which does not exist in the build tree. Say it, and make it again.
+    std::fs::write(
+        path("etc/initramfs-tools/conf.d/aleph-rootfs"),
+        "FSTYPE=ext4\n",
+    )?;
+    tools::run(
+        CHROOT,
+        &[
+            &root.to_string_lossy(),
+            "update-initramfs",
+            "-u",
+            "-k",
+            "all",
+        ],
+        None,
+    )
+    .await
+    .context("making the initramfs again")?;
 
     for sub in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         if let Ok(entries) = std::fs::read_dir(path(sub)) {
