@@ -16,6 +16,8 @@ APT_PACKAGES=(
     nftables          # VM network rules
     dosfstools mtools # checks of the cloud-init seed (fsck.vfat, mtype)
     python3-yaml      # checks that cloud-init reads the seed's documents as meant
+    e2fsprogs         # mkfs.ext4 (instance root filesystem), debugfs (its test)
+    openssh-client    # ssh-keygen: the instance test's key
     iproute2          # ip, network namespaces
     postgresql        # the CCN's tests also run on PostgreSQL
     curl ca-certificates
@@ -66,4 +68,11 @@ build_images() {
     "$ROOT/scripts/build-guest"
     log "building guest images into $ALEPH_DATA_DIR (cached)"
     cargo run -q -p aleph-node -- images build --data-dir "$ALEPH_DATA_DIR"
+}
+
+# The instance root filesystem (Debian 12 with systemd, cloud-init, sshd), cached. Only
+# the tests use it so far: instances are not run by the CRN yet.
+build_instance_images() {
+    log "building the instance root filesystem into $ALEPH_DATA_DIR (cached)"
+    cargo run -q -p aleph-node -- images rootfs debian12 --data-dir "$ALEPH_DATA_DIR"
 }
