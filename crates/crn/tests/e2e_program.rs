@@ -9,9 +9,9 @@ mod common;
 
 use aleph_crn::{CrnConfig, CrnHandle};
 use aleph_types::message::MessageType;
-use common::deploy::{KillVms, Network, program_content, zip_of};
+use common::deploy::{KillVms, Network, Setup, program_content, setup, zip_of};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const HELLO: &str = r#"import asyncio
@@ -43,47 +43,6 @@ async def root():
 "#;
 
 const RAISES: &str = "raise RuntimeError('this app refuses to start')\n";
-
-struct Setup {
-    images_dir: PathBuf,
-    runtime: PathBuf,
-}
-
-fn setup() -> Option<Setup> {
-    // The node's own account of what it does, shown when a test fails.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "aleph_crn=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let skip = |reason: String| {
-        eprintln!("SKIPPED: {reason}");
-        None
-    };
-    if !nix::unistd::geteuid().is_root() {
-        return skip("the end-to-end tests need root (QEMU's devices, execution folders)".into());
-    }
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into());
-    }
-    let images_dir = aleph_crn::images::default_data_dir();
-    let Some(images) = aleph_crn::images::cached(&images_dir) else {
-        return skip(format!(
-            "no guest images in {} (run `aleph-node images build`, or set ALEPH_DATA_DIR)",
-            images_dir.display()
-        ));
-    };
-    Some(Setup {
-        images_dir,
-        runtime: images.python_runtime,
-    })
-}
 
 impl Network {
     async fn program(&self, runtime: &str, code: &str, seconds: u32) -> String {

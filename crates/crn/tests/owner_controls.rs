@@ -12,9 +12,9 @@ use aleph_crn::{CrnConfig, CrnHandle};
 use aleph_protocol::auth::operator::OperatorKey;
 use aleph_protocol::signing::Signer;
 use aleph_types::message::MessageType;
-use common::deploy::{KillVms, Network, program_content, zip_of};
+use common::deploy::{KillVms, Network, program_content, setup, zip_of};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const APP: &str = r#"from fastapi import FastAPI
@@ -27,40 +27,6 @@ async def root():
 
 /// What the CRN is configured with, and so what operations must be signed for.
 const DOMAIN: &str = "crn.test";
-
-fn images_dir() -> Option<PathBuf> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "aleph_crn=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let skip = |reason: String| {
-        eprintln!("SKIPPED: {reason}");
-        None
-    };
-    if !nix::unistd::geteuid().is_root() {
-        return skip(
-            "the owner control tests need root (QEMU's devices, execution folders)".into(),
-        );
-    }
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into());
-    }
-    let dir = aleph_crn::images::default_data_dir();
-    if aleph_crn::images::cached(&dir).is_none() {
-        return skip(format!(
-            "no guest images in {} (run `aleph-node images build`, or set ALEPH_DATA_DIR)",
-            dir.display()
-        ));
-    }
-    Some(dir)
-}
 
 impl Network {
     async fn program(&self, runtime_file: &Path) -> String {
@@ -180,12 +146,8 @@ fn key_of(signer: &Signer) -> OperatorKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_and_delegates_stop_reboot_and_read_logs_strangers_do_not() {
-    let Some(images_dir) = images_dir() else {
-        return;
-    };
-    let runtime = aleph_crn::images::cached(&images_dir)
-        .unwrap()
-        .python_runtime;
+    let Some(setup) = setup() else { return };
+    let runtime = setup.runtime;
     let network = Network::start().await;
     let program = network.program(&runtime).await;
 
@@ -199,7 +161,7 @@ async fn owner_and_delegates_stop_reboot_and_read_logs_strangers_do_not() {
         listen: "127.0.0.1:0".parse().unwrap(),
         ccn_url: network.ccn.url(),
         data_dir: data_dir.clone(),
-        images_dir: Some(images_dir),
+        images_dir: Some(setup.images_dir),
         domain: Some(DOMAIN.into()),
         ..CrnConfig::default()
     })

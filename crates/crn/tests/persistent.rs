@@ -17,9 +17,9 @@ use aleph_protocol::signing::Signer;
 use aleph_types::message::MessageType;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::deploy::{KillVms, Network, program_content, zip_of};
+use common::deploy::{KillVms, Network, init_logs, program_content, setup, zip_of};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,16 +30,6 @@ app = FastAPI()
 async def root():
     return {"message": "Hello Persistent"}
 "#;
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "aleph_crn=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// Signs pushes as the scheduler does.
 struct Pusher {
@@ -339,40 +329,6 @@ async fn heartbeats_are_signed_and_keep_the_lease() {
 }
 
 // ---- with real VMs ----
-
-struct Setup {
-    images_dir: PathBuf,
-    runtime: PathBuf,
-}
-
-fn setup() -> Option<Setup> {
-    init_logs();
-    let skip = |reason: String| {
-        eprintln!("SKIPPED: {reason}");
-        None
-    };
-    if !nix::unistd::geteuid().is_root() {
-        return skip("needs root (QEMU's devices, execution folders)".into());
-    }
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return skip("qemu-system-x86_64 is not installed".into());
-    }
-    let images_dir = aleph_crn::images::default_data_dir();
-    let Some(images) = aleph_crn::images::cached(&images_dir) else {
-        return skip(format!(
-            "no guest images in {} (run `aleph-node images build`, or set ALEPH_DATA_DIR)",
-            images_dir.display()
-        ));
-    };
-    Some(Setup {
-        images_dir,
-        runtime: images.python_runtime,
-    })
-}
 
 impl Network {
     async fn persistent_program(&self, runtime: &str, source: &str) -> String {

@@ -1,6 +1,7 @@
-//! Deploying through a real CCN: an in-process CCN with one funded account that posts
-//! signed messages over HTTP, the content of a plain program, and a guard that kills the
-//! VMs a failing test leaves behind.
+//! Deploying through a real CCN: the host checks of the tests that run a CRN with real
+//! VMs, an in-process CCN with one funded account that posts signed messages over HTTP,
+//! the content of a plain program, and a guard that kills the VMs a failing test leaves
+//! behind.
 
 use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
 use aleph_protocol::signing::Signer;
@@ -9,6 +10,53 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// The node's own log, shown when a test fails.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "aleph_crn=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Where a CRN under test finds its images, and the Python runtime to store.
+pub struct Setup {
+    pub images_dir: PathBuf,
+    pub runtime: PathBuf,
+}
+
+/// `None`, with the reason printed, when this host cannot run a CRN with real VMs.
+pub fn setup() -> Option<Setup> {
+    init_logs();
+    let skip = |reason: String| {
+        eprintln!("SKIPPED: {reason}");
+        None
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return skip("needs root (QEMU's devices, execution folders)".into());
+    }
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into());
+    }
+    let images_dir = aleph_crn::images::default_data_dir();
+    let Some(images) = aleph_crn::images::cached(&images_dir) else {
+        return skip(format!(
+            "no guest images in {} (run `aleph-node images build`, or set ALEPH_DATA_DIR)",
+            images_dir.display()
+        ));
+    };
+    Some(Setup {
+        images_dir,
+        runtime: images.python_runtime,
+    })
+}
 
 /// An in-process CCN and the funded account that owns what the test deploys.
 pub struct Network {
