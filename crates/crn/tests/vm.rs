@@ -7,7 +7,8 @@ mod common;
 use aleph_crn::channel::{AgentChannel, ChannelError};
 use aleph_crn::hypervisor::qemu::{QemuConfig, QemuDriver, probe};
 use aleph_crn::hypervisor::{
-    BootSource, ChannelSpec, Hypervisor, StopOutcome, StopTimeouts, VmError, VmSpec, VmStatus, stop,
+    BootSource, ChannelSpec, Hypervisor, Machine, StopOutcome, StopTimeouts, VmError, VmSpec,
+    VmStatus, stop,
 };
 use aleph_protocol::agent::{AppState, CodeInterface};
 use bytes::Bytes;
@@ -271,11 +272,12 @@ async fn probe_init_boots_prints_and_powers_off() {
     let spec = VmSpec {
         vcpus: 1,
         memory_mib: 128,
-        boot: BootSource {
+        machine: Machine::Microvm,
+        boot: Some(BootSource {
             kernel: host.images.vmlinuz.clone(),
             initramfs: Some(initramfs),
             cmdline: "quiet".into(),
-        },
+        }),
         drives: vec![],
         channel: ChannelSpec::default(),
         network: None,

@@ -3,7 +3,7 @@
 //! is the program's own (ephemeral and host-persistent volumes) is made here.
 
 use crate::error::ProgramError;
-use crate::hypervisor::{BootSource, ChannelSpec, Drive, VmSpec};
+use crate::hypervisor::{BootSource, ChannelSpec, Drive, Machine, VmSpec};
 use crate::resources::program::{ProgramContent, Volume};
 use crate::resources::{ProgramMessage, Resources};
 use aleph_protocol::agent::{
@@ -147,11 +147,12 @@ pub async fn prepare(
     let spec = VmSpec {
         vcpus,
         memory_mib,
-        boot: BootSource {
+        machine: Machine::Microvm,
+        boot: Some(BootSource {
             kernel: images.kernel.clone(),
             initramfs: Some(images.initramfs.clone()),
             cmdline: format!("quiet {ROOT_CMDLINE_KEY}=/dev/vda"),
-        },
+        }),
         drives,
         channel: ChannelSpec::default(),
         network: None,

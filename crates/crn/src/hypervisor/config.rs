@@ -7,14 +7,19 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// A microVM to start.
+/// A VM to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmSpec {
+    /// The emulated machine: a microVM for programs, a PC for instances.
+    #[serde(default)]
+    pub machine: Machine,
     /// Number of virtual CPUs; the guest never sees more.
     pub vcpus: u8,
     /// Guest RAM in MiB; the hypervisor never gives the guest more.
     pub memory_mib: u32,
-    pub boot: BootSource,
+    /// A kernel to boot directly; `None` lets the machine's firmware boot the first
+    /// drive (a disk image with its own bootloader; [`Machine::Pc`] only).
+    pub boot: Option<BootSource>,
     /// Block devices, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
     #[serde(default)]
     pub drives: Vec<Drive>,
@@ -27,6 +32,19 @@ pub struct VmSpec {
     /// The execution's folder: the driver keeps the VM's pidfile, control sockets and
     /// serial log there, so that a restarted supervisor finds them again.
     pub folder: PathBuf,
+}
+
+/// What kind of machine the hypervisor builds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// A minimal machine (QEMU `microvm`, Firecracker): virtio-mmio devices, no
+    /// firmware, a kernel booted directly. Boots fastest; what programs run on.
+    #[default]
+    Microvm,
+    /// A PC with PCI devices and firmware (QEMU `q35`): boots standard disk images with
+    /// a bootloader, or a kernel directly; what instances run on.
+    Pc,
 }
 
 /// A kernel booted directly (no bootloader), as program microVMs are.
@@ -45,6 +63,31 @@ pub struct BootSource {
 pub struct Drive {
     pub path: PathBuf,
     pub read_only: bool,
+    #[serde(default)]
+    pub format: DriveFormat,
+    /// Shown to the guest as the disk's serial number, so it can find the disk by name
+    /// (`/dev/disk/by-id/virtio-<serial>`) whatever order devices are probed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// How a drive's file holds the disk's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveFormat {
+    #[default]
+    Raw,
+    /// A qcow2 image (an instance's overlay on its parent).
+    Qcow2,
+}
+
+impl DriveFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
 }
 
 impl Drive {
@@ -52,6 +95,8 @@ impl Drive {
         Self {
             path: path.into(),
             read_only: true,
+            format: DriveFormat::Raw,
+            serial: None,
         }
     }
 
@@ -59,7 +104,19 @@ impl Drive {
         Self {
             path: path.into(),
             read_only: false,
+            format: DriveFormat::Raw,
+            serial: None,
         }
+    }
+
+    pub fn with_format(mut self, format: DriveFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    pub fn with_serial(mut self, serial: impl Into<String>) -> Self {
+        self.serial = Some(serial.into());
+        self
     }
 }
 

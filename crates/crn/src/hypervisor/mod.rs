@@ -10,7 +10,8 @@ pub mod qemu;
 mod stop;
 
 pub use config::{
-    Accel, BootSource, ChannelEndpoint, ChannelSpec, Drive, TapSpec, VmSpec, VmStatus,
+    Accel, BootSource, ChannelEndpoint, ChannelSpec, Drive, DriveFormat, Machine, TapSpec, VmSpec,
+    VmStatus,
 };
 pub use stop::{StopOutcome, StopTimeouts, stop};
 

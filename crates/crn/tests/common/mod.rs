@@ -7,7 +7,9 @@ pub mod deploy;
 
 use aleph_crn::channel::AgentChannel;
 use aleph_crn::hypervisor::qemu::{QemuConfig, QemuDriver};
-use aleph_crn::hypervisor::{BootSource, ChannelSpec, Drive, Hypervisor, RunningVm, VmSpec};
+use aleph_crn::hypervisor::{
+    BootSource, ChannelSpec, Drive, Hypervisor, Machine, RunningVm, VmSpec,
+};
 use aleph_crn::images::GuestImages;
 use aleph_protocol::agent::{AgentConfig, CodeConfig, CodeEncoding, CodeInterface};
 use std::path::{Path, PathBuf};
@@ -121,11 +123,12 @@ pub async fn boot(host: &Host, driver: &QemuDriver, name: &str, program: &Progra
     let spec = VmSpec {
         vcpus: 1,
         memory_mib: 384,
-        boot: BootSource {
+        machine: Machine::Microvm,
+        boot: Some(BootSource {
             kernel: host.images.vmlinuz.clone(),
             initramfs: Some(host.images.initramfs.clone()),
             cmdline: format!("quiet {}=/dev/vda", aleph_protocol::agent::ROOT_CMDLINE_KEY),
-        },
+        }),
         drives: vec![
             Drive::read_only(&host.images.python_runtime),
             Drive::read_only(&code),

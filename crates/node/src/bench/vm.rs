@@ -15,7 +15,8 @@ use aleph_crn::channel::AgentChannel;
 use aleph_crn::hypervisor::qemu::memory::{self, MemoryUsage};
 use aleph_crn::hypervisor::qemu::{QemuConfig, QemuDriver, host_tsc_khz};
 use aleph_crn::hypervisor::{
-    Accel, BootSource, ChannelSpec, Drive, Hypervisor, RunningVm, StopTimeouts, VmSpec, stop,
+    Accel, BootSource, ChannelSpec, Drive, Hypervisor, Machine, RunningVm, StopTimeouts, VmSpec,
+    stop,
 };
 use aleph_protocol::agent::{AgentConfig, CodeConfig, CodeEncoding, CodeInterface};
 use anyhow::{Context, Result, bail, ensure};
@@ -239,11 +240,12 @@ impl Bench<'_> {
         let spec = VmSpec {
             vcpus: self.args.vcpus,
             memory_mib: self.args.memory_mib,
-            boot: BootSource {
+            machine: Machine::Microvm,
+            boot: Some(BootSource {
                 kernel: self.images.kernel.clone(),
                 initramfs: Some(self.images.initramfs.clone()),
                 cmdline: "quiet aleph.root=/dev/vda".into(),
-            },
+            }),
             drives: vec![
                 Drive::read_only(&self.images.runtime),
                 Drive::read_only(self.code),

@@ -1,11 +1,14 @@
-//! The QEMU command line for a program microVM.
+//! The QEMU command line.
 //!
-//! `microvm` with virtio-mmio devices: no PCI, no firmware tables beyond what the kernel
-//! needs, no default devices. Everything the supervisor needs to find the VM again
-//! (pidfile, QMP, channel, console) goes to fixed paths in the execution folder.
+//! Programs run on `microvm` with virtio-mmio devices: no PCI, no firmware tables
+//! beyond what the kernel needs, no default devices. Instances run on `q35` with the
+//! same virtio devices on PCI, booted by the firmware (SeaBIOS) from their disk or from
+//! a kernel given directly; a guest reboot restarts the machine rather than ending QEMU.
+//! Everything the supervisor needs to find the VM again (pidfile, QMP, channel, console)
+//! goes to fixed paths in the execution folder.
 
 use super::layout::Layout;
-use crate::hypervisor::{Accel, VmSpec};
+use crate::hypervisor::{Accel, BootSource, Machine, VmSpec};
 use std::ffi::OsString;
 use std::path::Path;
 
@@ -28,19 +31,30 @@ fn opt_value(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
 }
 
+/// The virtio device of `kind` (`blk`, `net`, `serial`) on the machine's bus.
+fn virtio(machine: Machine, kind: &str) -> String {
+    match machine {
+        Machine::Microvm => format!("virtio-{kind}-device"),
+        Machine::Pc => format!("virtio-{kind}-pci"),
+    }
+}
+
 /// The kernel command line: the machine's part first, then the caller's.
-pub fn kernel_cmdline(spec: &VmSpec, options: &MachineOptions) -> String {
-    // ttyS0 is the microvm's ISA serial port, logged to the folder. panic=-1 with
+pub fn kernel_cmdline(machine: Machine, boot: &BootSource, options: &MachineOptions) -> String {
+    // ttyS0 is the ISA serial port, logged to the folder. For a microVM, panic=-1 with
     // -no-reboot turns a guest panic into QEMU exiting, which the host sees at once.
-    let mut cmdline = String::from("console=ttyS0 panic=-1");
+    let mut cmdline = String::from("console=ttyS0");
+    if machine == Machine::Microvm {
+        cmdline.push_str(" panic=-1");
+    }
     if options.accel == Accel::Tcg
         && let Some(khz) = options.tsc_khz
     {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
-    if !spec.boot.cmdline.trim().is_empty() {
+    if !boot.cmdline.trim().is_empty() {
         cmdline.push(' ');
-        cmdline.push_str(spec.boot.cmdline.trim());
+        cmdline.push_str(boot.cmdline.trim());
     }
     cmdline
 }
@@ -55,13 +69,24 @@ pub fn build(spec: &VmSpec, layout: &Layout, options: &MachineOptions) -> Vec<Os
         .map(|n| n.to_string_lossy().replace(',', "_"))
         .unwrap_or_else(|| "aleph-vm".into());
     push(&["-name", &name]);
-    // Option ROMs only slow the boot of a kernel loaded directly.
-    push(&["-M", "microvm,x-option-roms=off,rtc=on"]);
-    match options.accel {
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&[
+    let machine = spec.machine;
+    match machine {
+        // Option ROMs only slow the boot of a kernel loaded directly.
+        Machine::Microvm => push(&["-M", "microvm,x-option-roms=off,rtc=on"]),
+        Machine::Pc => push(&["-M", "q35"]),
+    }
+    match (options.accel, machine) {
+        (Accel::Kvm, _) => push(&["-accel", "kvm", "-cpu", "host"]),
+        (Accel::Tcg, Machine::Microvm) => push(&[
             "-accel",
             &format!("tcg,tb-size={}", options.tcg_tb_size_mib),
+        ]),
+        // A full distribution's userland expects a recent CPU (x86-64-v2 and up).
+        (Accel::Tcg, Machine::Pc) => push(&[
+            "-accel",
+            &format!("tcg,tb-size={}", options.tcg_tb_size_mib),
+            "-cpu",
+            "max",
         ]),
     }
     push(&[
@@ -70,13 +95,18 @@ pub fn build(spec: &VmSpec, layout: &Layout, options: &MachineOptions) -> Vec<Os
         "-m",
         &format!("{}M", spec.memory_mib),
     ]);
-    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-
-    push(&["-kernel", &spec.boot.kernel.display().to_string()]);
-    if let Some(initramfs) = &spec.boot.initramfs {
-        push(&["-initrd", &initramfs.display().to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-nographic"]);
+    if machine == Machine::Microvm {
+        push(&["-no-reboot"]);
     }
-    push(&["-append", &kernel_cmdline(spec, options)]);
+
+    if let Some(boot) = &spec.boot {
+        push(&["-kernel", &boot.kernel.display().to_string()]);
+        if let Some(initramfs) = &boot.initramfs {
+            push(&["-initrd", &initramfs.display().to_string()]);
+        }
+        push(&["-append", &kernel_cmdline(machine, boot, options)]);
+    }
 
     push(&[
         "-chardev",
@@ -93,17 +123,26 @@ pub fn build(spec: &VmSpec, layout: &Layout, options: &MachineOptions) -> Vec<Os
     ]);
     push(&["-pidfile", &layout.pidfile().display().to_string()]);
 
-    // Drives first, in order: the guest names virtio-mmio disks in creation order.
+    // Drives first, in order: the guest names virtio disks in creation order. The
+    // firmware boots the first one.
     for (i, drive) in spec.drives.iter().enumerate() {
+        let mut device = format!("{},drive=drive{i}", virtio(machine, "blk"));
+        if let Some(serial) = &drive.serial {
+            device.push_str(&format!(",serial={serial}"));
+        }
+        if machine == Machine::Pc && i == 0 {
+            device.push_str(",bootindex=0");
+        }
         push(&[
             "-drive",
             &format!(
-                "id=drive{i},file={},format=raw,if=none,readonly={}",
+                "id=drive{i},file={},format={},if=none,readonly={}",
                 opt_value(&drive.path),
+                drive.format.as_str(),
                 if drive.read_only { "on" } else { "off" }
             ),
             "-device",
-            &format!("virtio-blk-device,drive=drive{i}"),
+            &device,
         ]);
     }
 
@@ -111,7 +150,7 @@ pub fn build(spec: &VmSpec, layout: &Layout, options: &MachineOptions) -> Vec<Os
     // wait=off: QEMU must not block its start until the host connects.
     push(&[
         "-device",
-        "virtio-serial-device,max_ports=2",
+        &format!("{},max_ports=2", virtio(machine, "serial")),
         "-chardev",
         &format!(
             "socket,id=channel,path={},server=on,wait=off",
@@ -129,7 +168,7 @@ pub fn build(spec: &VmSpec, layout: &Layout, options: &MachineOptions) -> Vec<Os
             "-netdev",
             &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
             "-device",
-            &format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+            &format!("{},netdev=net0,mac={}", virtio(machine, "net"), net.mac),
         ]);
     }
     args
@@ -138,18 +177,19 @@ pub fn build(spec: &VmSpec, layout: &Layout, options: &MachineOptions) -> Vec<Os
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{BootSource, ChannelSpec, Drive};
+    use crate::hypervisor::{ChannelSpec, Drive, DriveFormat, TapSpec};
     use std::path::PathBuf;
 
     fn spec() -> VmSpec {
         VmSpec {
+            machine: Machine::Microvm,
             vcpus: 2,
             memory_mib: 256,
-            boot: BootSource {
+            boot: Some(BootSource {
                 kernel: "/k/vmlinuz".into(),
                 initramfs: Some("/k/initrd".into()),
                 cmdline: "aleph.root=/dev/vda".into(),
-            },
+            }),
             drives: vec![
                 Drive::read_only("/img/runtime,1.squashfs"),
                 Drive::writable("/img/code"),
@@ -196,8 +236,10 @@ mod tests {
         );
         assert!(line.contains("-pidfile /run/x/exec-1/qemu.pid"), "{line}");
         assert!(!line.contains("-netdev"), "{line}");
+        assert!(line.contains("-no-reboot"), "{line}");
+        assert!(line.contains("virtio-blk-device,drive=drive0 "), "{line}");
         assert_eq!(
-            kernel_cmdline(&spec, &options),
+            kernel_cmdline(spec.machine, spec.boot.as_ref().unwrap(), &options),
             "console=ttyS0 panic=-1 tsc_early_khz=2000000 aleph.root=/dev/vda"
         );
     }
@@ -213,5 +255,48 @@ mod tests {
         let line = joined(&build(&spec, &Layout::new(&spec.folder), &options));
         assert!(line.contains("-accel kvm -cpu host"), "{line}");
         assert!(!line.contains("tsc_early_khz"), "{line}");
+    }
+
+    #[test]
+    fn pc_machine_boots_its_disk_through_firmware_with_pci_devices_and_may_reboot() {
+        let mut spec = spec();
+        spec.machine = Machine::Pc;
+        spec.boot = None;
+        spec.drives = vec![
+            Drive::writable("/x/rootfs.qcow2").with_format(DriveFormat::Qcow2),
+            Drive::read_only("/x/cloud-init.img"),
+            Drive::writable("/v/data.ext4").with_serial("vol-data"),
+        ];
+        spec.network = Some(TapSpec {
+            tap: "vmtap3".into(),
+            mac: "02:00:ac:10:03:02".into(),
+        });
+        let options = MachineOptions {
+            accel: Accel::Tcg,
+            tcg_tb_size_mib: 24,
+            tsc_khz: None,
+        };
+        let line = joined(&build(&spec, &Layout::new(&spec.folder), &options));
+        assert!(line.contains("-M q35"), "{line}");
+        assert!(line.contains("-cpu max"), "{line}");
+        assert!(!line.contains("-no-reboot"), "{line}");
+        assert!(!line.contains("-kernel"), "{line}");
+        assert!(
+            line.contains("file=/x/rootfs.qcow2,format=qcow2,if=none,readonly=off"),
+            "{line}"
+        );
+        assert!(
+            line.contains("virtio-blk-pci,drive=drive0,bootindex=0 "),
+            "{line}"
+        );
+        assert!(
+            line.contains("virtio-blk-pci,drive=drive2,serial=vol-data"),
+            "{line}"
+        );
+        assert!(line.contains("virtio-serial-pci,max_ports=2"), "{line}");
+        assert!(
+            line.contains("virtio-net-pci,netdev=net0,mac=02:00:ac:10:03:02"),
+            "{line}"
+        );
     }
 }

@@ -18,7 +18,7 @@ pub use clock::host_tsc_khz;
 pub use layout::Layout;
 pub use probe::Verdict;
 
-use super::{Accel, ChannelEndpoint, Hypervisor, RunningVm, VmError, VmSpec, VmStatus};
+use super::{Accel, ChannelEndpoint, Hypervisor, Machine, RunningVm, VmError, VmSpec, VmStatus};
 use args::MachineOptions;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,8 @@ pub struct QemuConfig {
     pub state_dir: Option<PathBuf>,
     /// How long a VM may take from spawning to its guest running.
     pub start_timeout: Duration,
+    /// The kernel the KVM probe boots for VMs that bring none (firmware boot).
+    pub probe_kernel: Option<PathBuf>,
 }
 
 impl Default for QemuConfig {
@@ -56,6 +58,7 @@ impl Default for QemuConfig {
             tcg_tb_size_mib: 32,
             state_dir: None,
             start_timeout: Duration::from_secs(15),
+            probe_kernel: None,
         }
     }
 }
@@ -103,6 +106,24 @@ impl QemuDriver {
         }
     }
 
+    /// The acceleration for `spec`: probed with its own kernel, or the configured
+    /// probe kernel when it boots through firmware; TCG when there is neither.
+    async fn accel_for_spec(&self, spec: &VmSpec) -> Accel {
+        let kernel = spec
+            .boot
+            .as_ref()
+            .map(|b| b.kernel.as_path())
+            .or(self.config.probe_kernel.as_deref());
+        match kernel {
+            Some(kernel) => self.accel_for(kernel).await.accel,
+            None if self.config.accel == AccelPolicy::Kvm => Accel::Kvm,
+            None => {
+                tracing::warn!("no kernel to probe KVM with: this VM runs under TCG");
+                Accel::Tcg
+            }
+        }
+    }
+
     /// Starts a VM; see [`Hypervisor::start`].
     pub async fn start_vm(&self, spec: &VmSpec) -> Result<QemuVm, VmError> {
         check_spec(spec)?;
@@ -121,7 +142,7 @@ impl QemuDriver {
         }
         layout.clear_stale();
 
-        let accel = self.accel_for(&spec.boot.kernel).await.accel;
+        let accel = self.accel_for_spec(spec).await;
         let options = MachineOptions {
             accel,
             tcg_tb_size_mib: self.config.tcg_tb_size_mib,
@@ -238,9 +259,28 @@ fn check_spec(spec: &VmSpec) -> Result<(), VmError> {
             spec.memory_mib
         ));
     }
-    let mut files = vec![&spec.boot.kernel];
-    files.extend(spec.boot.initramfs.iter());
+    let mut files = Vec::new();
+    match (&spec.boot, spec.machine) {
+        (Some(boot), _) => {
+            files.push(&boot.kernel);
+            files.extend(boot.initramfs.iter());
+        }
+        (None, Machine::Pc) if !spec.drives.is_empty() => {}
+        (None, Machine::Pc) => return invalid("nothing to boot: no kernel and no drive".into()),
+        (None, Machine::Microvm) => return invalid("a microVM needs a kernel to boot".into()),
+    }
     files.extend(spec.drives.iter().map(|d| &d.path));
+    for serial in spec.drives.iter().filter_map(|d| d.serial.as_deref()) {
+        let valid = (1..=20).contains(&serial.len())
+            && serial
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return invalid(format!(
+                "bad drive serial {serial:?} (1 to 20 letters, digits or dashes)"
+            ));
+        }
+    }
     for file in files {
         if !file.is_file() {
             return invalid(format!("{} does not exist", file.display()));

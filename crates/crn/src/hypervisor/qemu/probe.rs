@@ -8,7 +8,7 @@
 
 use super::args::{self, MachineOptions};
 use super::layout::Layout;
-use crate::hypervisor::{Accel, BootSource, ChannelSpec, VmSpec};
+use crate::hypervisor::{Accel, BootSource, ChannelSpec, Machine, VmSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,11 +116,12 @@ async fn probe(qemu: &Path, kernel: &Path) -> Verdict {
     let spec = VmSpec {
         vcpus: 1,
         memory_mib: 128,
-        boot: BootSource {
+        machine: Machine::Microvm,
+        boot: Some(BootSource {
             kernel: kernel.to_path_buf(),
             initramfs: Some(initramfs),
             cmdline: "quiet".into(),
-        },
+        }),
         drives: vec![],
         channel: ChannelSpec::default(),
         network: None,
