@@ -5,19 +5,24 @@
 //! period, a 6 s lease), and `--crns N` CRNs as child processes (`aleph-node
 //! crn`, see [`crn`]) serving programs from microVMs, each registered on the
 //! CCN by its operator (see [`nodes`]) and heartbeating to the scheduler every
-//! 2 s. The guest images are built on first use (cached); the Python runtime is
-//! published as a STORE and named the default runtime (see [`runtime`]).
-//! Without the images or the agent to build them, the devnet runs its CCN alone
-//! and says why.
+//! 2 s. The guest images are built on first use (cached); the Python runtime and
+//! the instance root filesystem are published as STOREs and named the defaults
+//! in the `vm-images` aggregate (see [`vm_images`]). Without the images or the
+//! agent to build them, the devnet runs its CCN alone and says why; without a
+//! root filesystem (it needs root and debootstrap to build), it runs programs
+//! only and says why.
 //!
 //! The accounts' keys are derived from fixed seeds, so every devnet has the same
 //! ones and scripts can rely on them; `DIR/devnet.json` says where everything
 //! is, and is written only once everything answers.
 
 mod crn;
+mod messages;
 mod nodes;
 mod programs;
-mod runtime;
+mod rootfs;
+mod stores;
+mod vm_images;
 
 use aleph_ccn::{CcnConfig, CcnHandle, FundedAccount};
 use aleph_crn::images::{self, BuildOptions, GuestImages, NoProgress, Progress, StderrProgress};
@@ -63,6 +68,10 @@ pub struct Args {
     /// Run the CCN only: no images, no scheduler, no CRN.
     #[arg(long)]
     no_crn: bool,
+    /// Publish no instance root filesystem (programs only): neither build it
+    /// nor copy its ~1 GiB into a new devnet's CCN.
+    #[arg(long)]
+    no_rootfs: bool,
     /// Where the guest images are built and cached (`aleph-node images build
     /// --data-dir`); default: $ALEPH_DATA_DIR, else the devnet's data folder.
     #[arg(long, env = images::DATA_DIR_ENV)]
@@ -89,7 +98,11 @@ struct DevnetInfo {
     accounts: Vec<DevnetAccount>,
     /// The STORE of the Python runtime, default of `aleph program upload`.
     default_runtime: Option<String>,
-    /// Whose `vm-images` aggregate names it (the first account).
+    /// The STORE of the Debian 12 root filesystem, default of instances.
+    default_rootfs: Option<String>,
+    /// Why there is no default root filesystem, when there is none.
+    rootfs_unavailable: Option<String>,
+    /// Whose `vm-images` aggregate names them (the first account).
     images_address: Option<String>,
     /// The PROGRAM the CRN runs for `/status/check/fastapi`.
     diagnostic_program: Option<String>,
@@ -151,6 +164,8 @@ pub async fn run(args: Args) -> Result<()> {
         crns: Vec::new(),
         accounts,
         default_runtime: None,
+        default_rootfs: None,
+        rootfs_unavailable: None,
         images_address: None,
         diagnostic_program: None,
         crn_unavailable: None,
@@ -250,12 +265,9 @@ async fn start_compute(args: &Args, ccn: &CcnHandle, info: &mut DevnetInfo) -> R
         .clone()
         .unwrap_or_else(|| args.data_dir.clone());
     let images = guest_images(&images_dir).await?;
+    let rootfs_dir = (!args.no_rootfs).then_some(images_dir.as_path());
+    publish_images(ccn, &images.python_runtime, rootfs_dir, info).await?;
     let owner = &info.accounts[0];
-    let published = runtime::publish(ccn, &owner.private_key, &images.python_runtime)
-        .await
-        .context("publishing the Python runtime")?;
-    info.default_runtime = Some(published);
-    info.images_address = Some(owner.address.clone());
     let ports = (0..args.crns)
         .map(|i| match args.crn_port {
             0 => crn::free_port(),
@@ -343,6 +355,56 @@ async fn start_compute(args: &Args, ccn: &CcnHandle, info: &mut DevnetInfo) -> R
         });
     }
     Ok(Compute { scheduler, crns })
+}
+
+/// The Python runtime and the instance root filesystem of `rootfs_dir` (none
+/// when `None`) as STOREs, named in the first account's `vm-images` aggregate.
+/// The root filesystem is built when missing; when it cannot be, programs work
+/// all the same and `info` says why.
+async fn publish_images(
+    ccn: &CcnHandle,
+    python_runtime: &Path,
+    rootfs_dir: Option<&Path>,
+    info: &mut DevnetInfo,
+) -> Result<()> {
+    let owner = &info.accounts[0];
+    let aggregate = vm_images::VmImages::read(ccn, &owner.private_key).await?;
+    let runtime = aggregate
+        .store_runtime(python_runtime)
+        .await
+        .context("publishing the Python runtime")?;
+    let rootfs = match rootfs_dir {
+        None => Err(anyhow::anyhow!("started with --no-rootfs")),
+        Some(dir) => match rootfs::debian12(dir).await {
+            Ok(image) => aggregate
+                .store_rootfs(&image.image)
+                .await
+                .context("publishing the instance root filesystem"),
+            Err(e) => Err(e),
+        },
+    };
+    let rootfs = match rootfs {
+        Ok(store) => Some(store),
+        Err(e) => {
+            let reason = format!("{e:#}");
+            if rootfs_dir.is_some() {
+                eprintln!(
+                    "devnet: no default root filesystem for instances (programs work): {reason}"
+                );
+            }
+            info.rootfs_unavailable = Some(reason);
+            None
+        }
+    };
+    let published = vm_images::Published { runtime, rootfs };
+    aggregate
+        .name(&published)
+        .await
+        .context("naming the images in the vm-images aggregate")?;
+    info.images_address = Some(owner.address.clone());
+    info.default_runtime = Some(published.runtime);
+    info.default_rootfs = published.rootfs;
+    Ok(())
 }
 
 /// Uploads the CRN's diagnostic program; without the CLI or the program's
@@ -447,6 +509,12 @@ fn print_summary(info: &DevnetInfo, info_path: &Path) {
     if let Some(runtime) = &info.default_runtime {
         println!("  Runtime:     {runtime} (default of `aleph program upload`)");
     }
+    if let Some(rootfs) = &info.default_rootfs {
+        println!("  Rootfs:      {rootfs} (Debian 12, default of instances)");
+    }
+    if let Some(reason) = &info.rootfs_unavailable {
+        println!("  Rootfs:      none ({reason})");
+    }
     println!("  devnet.json: {}", info_path.display());
     println!("  Accounts, each with {FUNDED_TOKENS} ALEPH and {FUNDED_CREDITS} credits:");
     for account in &info.accounts {
@@ -531,6 +599,8 @@ mod tests {
             crns: Vec::new(),
             accounts: devnet_accounts(1).unwrap(),
             default_runtime: None,
+            default_rootfs: None,
+            rootfs_unavailable: None,
             images_address: None,
             diagnostic_program: None,
             crn_unavailable: Some("started with --no-crn".into()),
@@ -542,6 +612,7 @@ mod tests {
         assert_eq!(written["ccn_url"], "http://127.0.0.1:4024");
         assert_eq!(written["crn_urls"], serde_json::json!([]));
         assert!(written["scheduler_url"].is_null());
+        assert!(written["default_rootfs"].is_null());
         assert_eq!(written["accounts"][0]["address"], info.accounts[0].address);
         assert_eq!(
             written["accounts"][0]["private_key"],

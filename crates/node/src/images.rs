@@ -1,6 +1,8 @@
-//! `aleph-node images`: builds and caches the guest images (see `aleph_crn::images`).
+//! `aleph-node images`: builds and caches the guest images and the instance
+//! root filesystem (see `aleph_crn::images`).
 
-use aleph_crn::images::{self, BuildOptions, StderrProgress};
+use aleph_crn::images::{self, BuildOptions, RootfsImage, StderrProgress};
+use anyhow::Context;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -11,7 +13,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Build whatever is missing or stale, verify the rest, and print where they are.
+    /// Build whatever is missing or stale (the instance root filesystem too),
+    /// verify the rest, and print where they are.
     Build {
         /// The node's data folder (images go to DATA/images).
         #[arg(long, env = images::DATA_DIR_ENV)]
@@ -19,6 +22,9 @@ enum Command {
         /// The static guest agent (default: $ALEPH_GUEST_BIN, else the output of scripts/build-guest).
         #[arg(long)]
         guest_bin: Option<PathBuf>,
+        /// Skip the instance root filesystem (Debian 12; needs root and debootstrap).
+        #[arg(long)]
+        no_rootfs: bool,
     },
     /// Build (or verify) an instance root filesystem, and print where it is.
     Rootfs {
@@ -41,6 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Build {
             data_dir,
             guest_bin,
+            no_rootfs,
         } => {
             let mut opts = BuildOptions::new(data_dir.unwrap_or_else(images::default_data_dir));
             opts.guest_bin = guest_bin;
@@ -51,6 +58,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             println!("initramfs      = {:?}", built.initramfs);
             println!("python_runtime = {:?}", built.python_runtime);
             println!("agent_sha256   = {:?}", built.agent_sha256);
+            if !no_rootfs {
+                let rootfs = images::build_rootfs(&opts.data_dir, &StderrProgress)
+                    .await
+                    .context("building the instance root filesystem (--no-rootfs skips it)")?;
+                print_rootfs("rootfs_", &rootfs);
+            }
             Ok(())
         }
         Command::Rootfs {
@@ -59,12 +72,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let data_dir = data_dir.unwrap_or_else(images::default_data_dir);
             let built = images::build_rootfs(&data_dir, &StderrProgress).await?;
-            println!("image          = {:?}", built.image);
-            println!("kernel         = {:?}", built.kernel);
-            println!("initrd         = {:?}", built.initrd);
-            println!("kernel_version = {:?}", built.kernel_version);
-            println!("size_bytes     = {}", built.size_bytes);
+            print_rootfs("", &built);
             Ok(())
         }
+    }
+}
+
+/// One `name = value` line per file, names starting with `prefix`.
+fn print_rootfs(prefix: &str, rootfs: &RootfsImage) {
+    let lines = [
+        ("image", format!("{:?}", rootfs.image)),
+        ("kernel", format!("{:?}", rootfs.kernel)),
+        ("initrd", format!("{:?}", rootfs.initrd)),
+        ("kernel_version", format!("{:?}", rootfs.kernel_version)),
+        ("size_bytes", rootfs.size_bytes.to_string()),
+    ];
+    for (name, value) in lines {
+        println!("{:<14} = {value}", format!("{prefix}{name}"));
     }
 }

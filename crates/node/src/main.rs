@@ -30,7 +30,7 @@ enum Command {
     Scheduler(scheduler::Args),
     /// Run a local network on loopback: a CCN with pre-funded accounts.
     Devnet(devnet::Args),
-    /// Build and cache the guest images (kernel, initramfs, runtimes).
+    /// Build and cache the guest images (kernel, initramfs, runtimes, instance root filesystem).
     Images(images::Args),
     /// Run a benchmark and print its figures.
     Bench(bench::Args),

@@ -161,6 +161,7 @@ async fn devnet_without_images_runs_its_ccn_and_says_why() {
     let info = wait_for_info(&dir.path().join("net/devnet.json"), &mut devnet);
     assert_eq!(info["crn_urls"], serde_json::json!([]));
     assert!(info["default_runtime"].is_null());
+    assert!(info["default_rootfs"].is_null());
     let reason = info["crn_unavailable"].as_str().expect("a reason");
     let has_crn = Command::new(env!("CARGO_BIN_EXE_aleph-node"))
         .args(["crn", "--help"])

@@ -4,7 +4,8 @@
 //! POST with a body and a query string.
 //!
 //! Needs the guest images built in `$ALEPH_DATA_DIR` (`scripts/test` builds
-//! them first) and the `aleph` binary of the same build (`cargo test
+//! them first, and the instance root filesystem, whose publication is checked
+//! when it is there) and the `aleph` binary of the same build (`cargo test
 //! --workspace` builds it; alone: `cargo build -p aleph-cli`). Without the
 //! images it says so and passes.
 
@@ -214,6 +215,58 @@ async fn wait_for_answer(url: &str, expected: &Value) -> Value {
     }
 }
 
+/// The devnet's `vm-images` aggregate names the runtime and, when there is
+/// one, the root filesystem (a STORE of the built image) as the defaults.
+async fn check_vm_images(info: &Value, rootfs: Option<&aleph_crn::images::RootfsImage>) {
+    let ccn = info["ccn_url"].as_str().unwrap();
+    let owner = info["images_address"].as_str().unwrap();
+    let answer: Value = http()
+        .get(format!(
+            "{ccn}/api/v0/aggregates/{owner}.json?keys=vm-images"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let images = &answer["data"]["vm-images"];
+    let runtime = images["defaults"]["runtime"].as_str().unwrap();
+    assert_eq!(
+        images["runtimes"][runtime]["hash"], info["default_runtime"],
+        "{images}"
+    );
+    let Some(rootfs) = rootfs else {
+        assert!(info["default_rootfs"].is_null(), "{info}");
+        assert_eq!(info["rootfs_unavailable"], "started with --no-rootfs");
+        assert_eq!(images["rootfs"], json!({}), "{images}");
+        return;
+    };
+    assert!(info["default_rootfs"].is_string(), "{info}");
+    assert_eq!(images["defaults"]["rootfs"], "debian12", "{images}");
+    assert_eq!(
+        images["rootfs"]["debian12"]["hash"], info["default_rootfs"],
+        "{images}"
+    );
+    assert!(images["rootfs"]["debian12"]["display_name"].is_string());
+    let store: Value = http()
+        .get(format!(
+            "{ccn}/api/v0/messages/{}",
+            info["default_rootfs"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(store["status"], "processed", "{store}");
+    assert_eq!(store["message"]["type"], "STORE", "{store}");
+    // The image store names each file by its sha256, as the CCN does.
+    let sha256 = rootfs.image.file_name().unwrap().to_str().unwrap();
+    assert_eq!(store["message"]["content"]["item_hash"], sha256, "{store}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hello_is_uploaded_answers_warm_updates_and_round_trips_a_post() {
     let Some(images) = images_dir() else {
@@ -224,7 +277,16 @@ async fn hello_is_uploaded_answers_warm_updates_and_round_trips_a_post() {
         return;
     };
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (devnet, info) = start_devnet(&images, &[]);
+    // The test command builds the root filesystem first; without it, the devnet
+    // would spend minutes building one, so it is told not to.
+    let rootfs = aleph_crn::images::cached_rootfs(&images);
+    let rootfs_flag: &[&str] = if rootfs.is_some() {
+        &[]
+    } else {
+        eprintln!("e2e_devnet: no instance root filesystem built; its publication is not checked");
+        &["--no-rootfs"]
+    };
+    let (devnet, info) = start_devnet(&images, rootfs_flag);
     let crn = info["crn_urls"][0].as_str().unwrap_or_else(|| {
         panic!(
             "the devnet has no CRN ({}); its log: {}",
@@ -234,6 +296,7 @@ async fn hello_is_uploaded_answers_warm_updates_and_round_trips_a_post() {
         )
     });
     assert!(info["default_runtime"].is_string(), "{info}");
+    check_vm_images(&info, rootfs.as_ref()).await;
 
     // Upload the example as the README says, with the runtime the devnet publishes.
     let hello = workspace_root().join("examples/hello");
@@ -340,7 +403,8 @@ async fn devnet_example_answers_hello_world() {
     // The devnet runs the CLI built beside it; fail clearly when it is not there.
     aleph_binary();
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (devnet, info) = start_devnet(&images, &["--example"]);
+    // No root filesystem: copying its 1 GiB into a new CCN is the other test's.
+    let (devnet, info) = start_devnet(&images, &["--example", "--no-rootfs"]);
     let example = &info["example"];
     assert_eq!(
         example["answer"]

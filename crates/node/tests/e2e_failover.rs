@@ -126,6 +126,8 @@ fn start_devnet(images: &Path) -> (Devnet, Value) {
             "3",
             "--accounts",
             "2",
+            // Programs only: copying the instance root filesystem is e2e_devnet's.
+            "--no-rootfs",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("net"))

@@ -58,7 +58,7 @@ pub async fn register(
                 }),
                 None,
             )?;
-            super::runtime::submit(ccn, drop, "a stale node registration's drop")
+            super::messages::submit(ccn, drop, "a stale node registration's drop")
                 .await
                 .with_context(|| format!("dropping the node {hash} ({address})"))?;
         }
@@ -79,7 +79,7 @@ pub async fn register(
         json!({"type": CORECHAN_OPERATION, "content": operation}),
         None,
     )?;
-    let node_hash = super::runtime::submit(ccn, post, "the node registration").await?;
+    let node_hash = super::messages::submit(ccn, post, "the node registration").await?;
     Ok(Registration { node_hash, owner })
 }
 
