@@ -83,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::program::ProgramCommand,
     },
+    /// Create, list and control instances (full VMs reached over SSH).
+    Instance {
+        #[command(subcommand)]
+        command: commands::instance::InstanceCommand,
+    },
     /// Stop keeping a persistent program running (`program unpersist`).
     Unpersist(commands::program::PersistArgs),
     /// The compute nodes the scheduler knows.
@@ -109,6 +114,7 @@ async fn main() -> ExitCode {
         Command::Message { command } => commands::message::run(&ctx, command).await,
         Command::Aggregate { command } => commands::aggregate::run(&ctx, command).await,
         Command::Program { command } => commands::program::run(&ctx, command).await,
+        Command::Instance { command } => commands::instance::run(&ctx, command).await,
         Command::Unpersist(args) => commands::program::set_persistent(&ctx, args, false).await,
         Command::Node { command } => commands::node::run(&ctx, command).await,
     };

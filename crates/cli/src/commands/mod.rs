@@ -3,6 +3,7 @@
 pub mod account;
 pub mod aggregate;
 pub mod file;
+pub mod instance;
 pub mod message;
 pub mod node;
 pub mod program;
