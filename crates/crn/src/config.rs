@@ -14,8 +14,15 @@
 //! node_key_file = "crn-data/node.key"  # or node_key = "<hex>": the operator's key
 //! allowed_schedulers = ["0x…"]      # who may POST /control/allocations
 //! heartbeat_interval_seconds = 2
+//!
+//! # Instances' network (see docs/operator-guide.md)
+//! [network]
+//! ipv4_pool = ["172.16.0.0", 12]    # one /24 per instance: host .1, guest .2
+//! port_range = [24000, 28000]       # host ports forwarded to instances (SSH first)
+//! uplink = "eth0"                   # where instances' traffic leaves; default: any
 //! ```
 
+use crate::network::NetworkConfig;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -86,6 +93,9 @@ pub struct CrnConfig {
     /// answers; those still booting then are reported as successful (accepted) and
     /// heartbeats say when they run.
     pub allocation_wait_seconds: u64,
+    /// How instances are wired to the network (`[network]`: address pool, SSH and
+    /// port-forward host ports, uplink, nftables table).
+    pub network: NetworkConfig,
 }
 
 impl Default for CrnConfig {
@@ -115,6 +125,7 @@ impl Default for CrnConfig {
             restart_backoff_initial_ms: 1000,
             restart_backoff_max_seconds: 60,
             allocation_wait_seconds: 50,
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -297,5 +308,22 @@ mod tests {
         let bad = CrnConfig::default()
             .with_env([("ALEPH_CRN_IDLE_TIMEOUT_SECONDS".into(), "soon".into())]);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn the_instances_network_is_a_table_of_its_own() {
+        let config: CrnConfig = toml::from_str(
+            "[network]\nipv4_pool = [\"172.20.0.0\", 16]\nport_range = [25000, 25100]\n",
+        )
+        .unwrap();
+        assert_eq!(config.network.ipv4_pool.1, 16);
+        assert_eq!(config.network.port_range, (25000, 25100));
+        assert_eq!(config.network.table, "aleph", "defaults fill the rest");
+        // Environment overrides still apply around it.
+        let config = config
+            .with_env([("ALEPH_CRN_IDLE_TIMEOUT_SECONDS".into(), "7".into())])
+            .unwrap();
+        assert_eq!(config.idle_timeout_seconds, 7);
+        assert_eq!(config.network.port_range, (25000, 25100));
     }
 }

@@ -10,6 +10,7 @@ pub mod heartbeat;
 pub mod hypervisor;
 pub mod images;
 pub mod instance;
+pub mod instances;
 pub mod network;
 pub mod persistent;
 pub mod pool;

@@ -4,6 +4,7 @@
 use crate::config::CrnConfig;
 use crate::execution::prepare::BootImages;
 use crate::hypervisor::qemu::{AccelPolicy, QemuConfig, QemuDriver};
+use crate::instances::Instances;
 use crate::persistent::Persistent;
 use crate::pool::Pool;
 use crate::pool::admission::Admission;
@@ -98,11 +99,15 @@ pub async fn start(config: CrnConfig) -> Result<CrnHandle> {
 pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<CrnHandle> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let driver = QemuDriver::new(QemuConfig {
+    let qemu = QemuConfig {
         accel: accel(&config)?,
         state_dir: Some(config.images_dir()),
+        // Instances booted by firmware bring no kernel for the KVM probe.
+        probe_kernel: Some(images.kernel.clone()),
         ..QemuConfig::default()
-    });
+    };
+    let driver = QemuDriver::new(qemu.clone());
+    let network = config.network.clone();
     let resources = Resources::new(CcnClient::new(config.ccn_url()), &config.data_dir)?;
     let records = Records::open(&config.data_dir.join("records.sqlite")).await?;
     let memory = crate::about::total_memory_mib().saturating_sub(config.reserved_memory_mib);
@@ -142,7 +147,8 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
 
     // The programs the stored allocation lists are marked persistent before the idle
     // reaper first runs, so an adopted one is never taken for an idle on-demand VM.
-    let persistent = Persistent::open(pool.clone(), heartbeats.is_some())?;
+    let instances = Instances::open(pool.clone(), Box::new(QemuDriver::new(qemu)), network).await?;
+    let persistent = Persistent::open(pool.clone(), instances.clone(), heartbeats.is_some())?;
     let sender = heartbeats
         .map(|settings| {
             crate::heartbeat::Sender::new(
@@ -173,7 +179,7 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
         allowed_schedulers,
         persistent.clone(),
     ));
-    let app = crate::api::router(pool.clone()).layer(axum::Extension(control));
+    let app = crate::api::router(pool.clone(), instances).layer(axum::Extension(control));
     // A proxied answer is written as a head and a body: without TCP_NODELAY, Nagle's
     // algorithm holds the body until the client's delayed ACK, 40 ms later.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {

@@ -306,6 +306,7 @@ fn instance_boots_gets_its_hostname_and_key_and_boots_again() {
             hostname: HOSTNAME.into(),
             ssh_authorized_keys: vec![key.clone()],
             network: None,
+            mounts: vec![],
         },
     )
     .expect("seed");

@@ -4,6 +4,7 @@
 pub mod check;
 
 use crate::execution::Execution;
+use crate::instances::InstanceStatus;
 use chrono::{DateTime, Timelike, Utc};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -176,9 +177,38 @@ fn networking() -> Value {
     })
 }
 
+/// An instance's network as clients read it: its addresses and the host ports
+/// forwarded to it (SSH always).
+fn instance_networking(status: &InstanceStatus) -> Value {
+    let net = &status.record.net;
+    json!({
+        "ipv4_network": format!("{}/{}", net.network(), net.prefix),
+        "host_ipv4": null,
+        "ipv4_ip": net.guest_ip.to_string(),
+        "ipv6_network": null,
+        "ipv6_ip": null,
+        "mapped_ports": {
+            crate::network::SSH_PORT.to_string(): {"host": status.record.ssh_port, "tcp": true, "udp": false},
+        },
+    })
+}
+
+/// An instance's times, in the shape of a program's (`defined_at` … `stopped_at`).
+fn instance_status(status: &InstanceStatus) -> Value {
+    let started = status.started_at.map(|t| t.to_rfc3339());
+    json!({
+        "defined_at": started, "preparing_at": started, "prepared_at": started,
+        "starting_at": started, "started_at": started,
+        "stopping_at": null, "stopped_at": null,
+    })
+}
+
 /// `/about/executions/list`: by program hash.
-pub fn executions_v1(executions: &[std::sync::Arc<Execution>]) -> Value {
-    let map: serde_json::Map<String, Value> = executions
+pub fn executions_v1(
+    executions: &[std::sync::Arc<Execution>],
+    instances: &[InstanceStatus],
+) -> Value {
+    let mut map: serde_json::Map<String, Value> = executions
         .iter()
         .map(|e| {
             (
@@ -191,12 +221,29 @@ pub fn executions_v1(executions: &[std::sync::Arc<Execution>]) -> Value {
             )
         })
         .collect();
+    for instance in instances {
+        let net = &instance.record.net;
+        map.insert(
+            instance.item_hash.clone(),
+            json!({
+                "networking": {
+                    "ipv4": format!("{}/{}", net.network(), net.prefix),
+                    "ipv6": null,
+                },
+                "status": instance_status(instance),
+                "running": instance.running,
+            }),
+        );
+    }
     Value::Object(map)
 }
 
 /// `/v2/about/executions/list`.
-pub fn executions_v2(executions: &[std::sync::Arc<Execution>]) -> Value {
-    let map: serde_json::Map<String, Value> = executions
+pub fn executions_v2(
+    executions: &[std::sync::Arc<Execution>],
+    instances: &[InstanceStatus],
+) -> Value {
+    let mut map: serde_json::Map<String, Value> = executions
         .iter()
         .map(|e| {
             (
@@ -213,6 +260,19 @@ pub fn executions_v2(executions: &[std::sync::Arc<Execution>]) -> Value {
             )
         })
         .collect();
+    for instance in instances {
+        map.insert(
+            instance.item_hash.clone(),
+            json!({
+                "networking": instance_networking(instance),
+                "status": instance_status(instance),
+                "running": instance.running,
+                "vm_type": "instance",
+                "held": instance.record.held,
+                "error": instance.error,
+            }),
+        );
+    }
     Value::Object(map)
 }
 

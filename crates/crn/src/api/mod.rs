@@ -10,6 +10,7 @@
 
 use crate::about;
 use crate::error::ProgramError;
+use crate::instances::Instances;
 use crate::pool::Pool;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -17,7 +18,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ const CODE_REF_HEADER: HeaderName = HeaderName::from_static("aleph-program-code-
 
 type Shared = State<Arc<Pool>>;
 
-pub fn router(pool: Arc<Pool>) -> Router {
+pub fn router(pool: Arc<Pool>, instances: Arc<Instances>) -> Router {
     Router::new()
         .route("/vm/{reference}", any(vm_root))
         .route("/vm/{reference}/", any(vm_root))
@@ -43,8 +44,12 @@ pub fn router(pool: Arc<Pool>) -> Router {
             crate::control::ALLOCATIONS_PATH,
             axum::routing::post(crate::control::allocations),
         )
-        .merge(crate::control::machine::router(pool.clone()))
+        .merge(crate::control::machine::router(
+            pool.clone(),
+            instances.clone(),
+        ))
         .fallback(not_found)
+        .layer(Extension(instances))
         // Host-based routing comes first: on a program's host name every path is the program's.
         .layer(axum::middleware::from_fn_with_state(pool.clone(), by_host))
         .layer(axum::middleware::map_response(server_header))
@@ -147,12 +152,14 @@ async fn usage(State(pool): Shared) -> Response {
     .into_response()
 }
 
-async fn executions_v1(State(pool): Shared) -> Response {
-    Json(about::executions_v1(&pool.running())).into_response()
+type SharedInstances = Extension<Arc<Instances>>;
+
+async fn executions_v1(State(pool): Shared, Extension(instances): SharedInstances) -> Response {
+    Json(about::executions_v1(&pool.running(), &instances.statuses())).into_response()
 }
 
-async fn executions_v2(State(pool): Shared) -> Response {
-    Json(about::executions_v2(&pool.running())).into_response()
+async fn executions_v2(State(pool): Shared, Extension(instances): SharedInstances) -> Response {
+    Json(about::executions_v2(&pool.running(), &instances.statuses())).into_response()
 }
 
 async fn records(State(pool): Shared) -> Response {

@@ -4,11 +4,12 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST …/stop` | 200 `{"status": "stopped", "ref"}`: the VM is stopped and its execution recorded |
-//! | `POST …/reboot` | 200 `{"status": "rebooted", "ref", "execution_id"}` once the VM runs again (a new execution, same message) |
+//! | `POST …/stop` | 200 `{"status": "stopped", "ref"}`: the VM is stopped and its execution recorded; an instance stays stopped until rebooted |
+//! | `POST …/reboot` | 200 `{"status": "rebooted", "ref", "execution_id"}` once the VM runs again (a new execution, same message; an instance keeps its disks and has no `execution_id`) |
 //! | `GET …/logs` | 200 `[{"type": "system"\|"stdout", "message"}, …]`: the VM's console |
-//! | `GET …/stream_logs` | a websocket of the app's and the agent's log lines, live (see below) |
-//! | `POST …/erase`, `POST …/reinstall` | 501 (after the checks below) |
+//! | `GET …/stream_logs` | a websocket of a program's app and agent log lines, live (see below); 501 for an instance |
+//! | `POST …/erase` | instances: 200 `{"status": "erased"}`: stopped, root disk and persistent volumes deleted, kept stopped (a reboot starts it from a fresh disk); programs: 501 |
+//! | `POST …/reinstall` | instances: 200 `{"status": "reinstalled"}` once it runs again from a fresh root disk (volumes kept); programs: 501 |
 //!
 //! Checks, in this order: the signature (401: missing or malformed headers, a bad
 //! signature, an expired key, a time too far from ours, an operation signed for another
@@ -23,7 +24,7 @@
 //! else the request's `Host` header without its port (what the official client signs:
 //! the host of the node URL it calls). `path` is the request path without query.
 //!
-//! `stop` ends the VM now, but does not keep it stopped: an on-demand program starts
+//! For a program, `stop` ends the VM now, but does not keep it stopped: an on-demand program starts
 //! again on its next request, and a persistent one on the persistent supervisor's next
 //! pass as long as the scheduler's allocation lists it here. Stopping one for good is
 //! the scheduler's (or the owner's message's) business, not this node's.
@@ -47,6 +48,7 @@
 
 use crate::error::ProgramError;
 use crate::execution::Execution;
+use crate::instances::Instances;
 use crate::pool::Pool;
 use aleph_protocol::auth::operator::{
     self, OperatorAuthError, ReplayGuard, SIGNED_OPERATION_HEADER, SIGNED_PUBKEY_HEADER,
@@ -118,6 +120,32 @@ impl IntoResponse for ControlError {
     }
 }
 
+/// The VM an owner's request acts on.
+enum Target {
+    Program(Arc<Execution>),
+    /// An instance this node keeps, running or stopped.
+    Instance {
+        hash: String,
+        owner: String,
+    },
+}
+
+impl Target {
+    fn hash(&self) -> &str {
+        match self {
+            Self::Program(execution) => &execution.program.item_hash,
+            Self::Instance { hash, .. } => hash,
+        }
+    }
+
+    fn owner(&self) -> &str {
+        match self {
+            Self::Program(execution) => &execution.program.content.address,
+            Self::Instance { owner, .. } => owner,
+        }
+    }
+}
+
 /// One line of `logs`, in the shape upstream's clients read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogEntry {
@@ -130,13 +158,17 @@ pub struct LogEntry {
 /// client for the CCN's aggregates.
 pub struct OwnerControls {
     pool: Arc<Pool>,
+    instances: Arc<Instances>,
     replays: ReplayGuard,
     http: reqwest::Client,
 }
 
 /// The routes under [`MACHINE_PREFIX`], with their own state; merge into any router.
-pub fn router<S: Clone + Send + Sync + 'static>(pool: Arc<Pool>) -> Router<S> {
-    let controls = Arc::new(OwnerControls::new(pool));
+pub fn router<S: Clone + Send + Sync + 'static>(
+    pool: Arc<Pool>,
+    instances: Arc<Instances>,
+) -> Router<S> {
+    let controls = Arc::new(OwnerControls::new(pool, instances));
     let route = |action: &str| format!("{MACHINE_PREFIX}/{{reference}}/{action}");
     Router::new()
         .route(&route("stop"), post(stop))
@@ -149,7 +181,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(pool: Arc<Pool>) -> Router<S> {
 }
 
 impl OwnerControls {
-    pub fn new(pool: Arc<Pool>) -> Self {
+    pub fn new(pool: Arc<Pool>, instances: Arc<Instances>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(AGGREGATE_TIMEOUT)
             .timeout(AGGREGATE_TIMEOUT)
@@ -157,20 +189,21 @@ impl OwnerControls {
             .expect("a default HTTP client");
         Self {
             pool,
+            instances,
             replays: ReplayGuard::default(),
             http,
         }
     }
 
-    /// All the checks of the module doc, on a request's headers; the running
-    /// execution the request may act on.
+    /// All the checks of the module doc, on a request's headers; the VM the request
+    /// may act on.
     async fn authorize(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
         reference: &str,
-    ) -> Result<Arc<Execution>, ControlError> {
+    ) -> Result<Target, ControlError> {
         let now = chrono::Utc::now().timestamp();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let verified = operator::verify(
@@ -182,9 +215,9 @@ impl OwnerControls {
             now,
         )?;
         self.replays.check(&verified, now)?;
-        let execution = self.running(reference)?;
-        self.check_owner(&execution, &verified).await?;
-        Ok(execution)
+        let target = self.target(reference)?;
+        self.check_owner(target.owner(), &verified).await?;
+        Ok(target)
     }
 
     /// The domain operations to this node must name (see the module doc).
@@ -196,21 +229,33 @@ impl OwnerControls {
         signed_domain(self.pool.config().domain.as_deref(), host)
     }
 
-    /// The running execution `reference` names.
-    fn running(&self, reference: &str) -> Result<Arc<Execution>, ControlError> {
-        crate::resources::check_hash(reference)
-            .ok()
-            .and_then(|hash| self.pool.execution(&hash))
-            .ok_or_else(|| ControlError::NotRunning(reference.to_owned()))
+    /// The VM `reference` names: a program running here, or an instance this node
+    /// keeps (running or stopped).
+    fn target(&self, reference: &str) -> Result<Target, ControlError> {
+        let not_here = || ControlError::NotRunning(reference.to_owned());
+        let hash = crate::resources::check_hash(reference).map_err(|_| not_here())?;
+        if let Some(execution) = self.pool.execution(&hash) {
+            return Ok(Target::Program(execution));
+        }
+        let record = self.instances.record(&hash).ok_or_else(not_here)?;
+        Ok(Target::Instance {
+            owner: record.message.content.address,
+            hash,
+        })
     }
 
-    /// Whether the verified wallet owns the execution's VM or is delegated by its owner.
-    async fn check_owner(
-        &self,
-        execution: &Execution,
-        verified: &Verified,
-    ) -> Result<(), ControlError> {
-        let owner = &execution.program.content.address;
+    /// The running execution of program `reference` (what `stream_logs` follows).
+    fn running(&self, reference: &str) -> Result<Arc<Execution>, ControlError> {
+        match self.target(reference)? {
+            Target::Program(execution) => Ok(execution),
+            Target::Instance { .. } => Err(ControlError::NotImplemented(
+                "stream_logs of an instance (use logs: its console)",
+            )),
+        }
+    }
+
+    /// Whether the verified wallet is the VM's owner or delegated by its owner.
+    async fn check_owner(&self, owner: &str, verified: &Verified) -> Result<(), ControlError> {
         // The owner needs no aggregate: spare the CCN the question.
         let security = if owner.eq_ignore_ascii_case(&verified.address) {
             None
@@ -244,7 +289,8 @@ impl OwnerControls {
             now,
         )?;
         self.replays.check(&verified, now)?;
-        self.check_owner(execution, &verified).await
+        self.check_owner(&execution.program.content.address, &verified)
+            .await
     }
 
     /// Serves an upgraded `stream_logs` socket: its authentication, then the log lines
@@ -420,12 +466,19 @@ async fn stop(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ControlError> {
-    let execution = controls
+    let target = controls
         .authorize(&method, &uri, &headers, &reference)
         .await?;
-    let hash = &execution.program.item_hash;
-    controls.pool.stop(hash, "stopped by its owner").await;
-    Ok(Json(json!({"status": "stopped", "ref": hash})).into_response())
+    match &target {
+        Target::Program(execution) => {
+            let hash = &execution.program.item_hash;
+            controls.pool.stop(hash, "stopped by its owner").await;
+        }
+        Target::Instance { hash, .. } => {
+            controls.instances.stop_held(hash).await?;
+        }
+    }
+    Ok(Json(json!({"status": "stopped", "ref": target.hash()})).into_response())
 }
 
 async fn reboot(
@@ -435,20 +488,29 @@ async fn reboot(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ControlError> {
-    let execution = controls
+    let target = controls
         .authorize(&method, &uri, &headers, &reference)
         .await?;
-    let hash = execution.program.item_hash.clone();
-    drop(execution);
-    // Another stop may have come first (idle, update): the start below is all that counts.
-    controls.pool.stop(&hash, "rebooted by its owner").await;
-    let started = controls.pool.get_or_start(&hash).await?;
-    Ok(Json(json!({
-        "status": "rebooted",
-        "ref": hash,
-        "execution_id": started.id,
-    }))
-    .into_response())
+    let hash = target.hash().to_owned();
+    match target {
+        Target::Program(execution) => {
+            drop(execution);
+            // Another stop may have come first (idle, update): the start below is all
+            // that counts.
+            controls.pool.stop(&hash, "rebooted by its owner").await;
+            let started = controls.pool.get_or_start(&hash).await?;
+            Ok(Json(json!({
+                "status": "rebooted",
+                "ref": hash,
+                "execution_id": started.id,
+            }))
+            .into_response())
+        }
+        Target::Instance { .. } => {
+            controls.instances.reboot(&hash).await?;
+            Ok(Json(json!({"status": "rebooted", "ref": hash})).into_response())
+        }
+    }
 }
 
 async fn logs(
@@ -458,10 +520,14 @@ async fn logs(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ControlError> {
-    let execution = controls
+    let target = controls
         .authorize(&method, &uri, &headers, &reference)
         .await?;
-    let console = tail(&execution.folder().join("serial.log")).await?;
+    let folder = match &target {
+        Target::Program(execution) => execution.folder().to_path_buf(),
+        Target::Instance { hash, .. } => controls.instances.folder(hash),
+    };
+    let console = tail(&folder.join("serial.log")).await?;
     Ok(Json(console_entries(&console)).into_response())
 }
 
@@ -472,10 +538,16 @@ async fn erase(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ControlError> {
-    controls
+    match controls
         .authorize(&method, &uri, &headers, &reference)
-        .await?;
-    Err(ControlError::NotImplemented("erase"))
+        .await?
+    {
+        Target::Program(_) => Err(ControlError::NotImplemented("erase of a program")),
+        Target::Instance { hash, .. } => {
+            controls.instances.erase(&hash).await?;
+            Ok(Json(json!({"status": "erased", "ref": hash})).into_response())
+        }
+    }
 }
 
 async fn reinstall(
@@ -485,10 +557,16 @@ async fn reinstall(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ControlError> {
-    controls
+    match controls
         .authorize(&method, &uri, &headers, &reference)
-        .await?;
-    Err(ControlError::NotImplemented("reinstall"))
+        .await?
+    {
+        Target::Program(_) => Err(ControlError::NotImplemented("reinstall of a program")),
+        Target::Instance { hash, .. } => {
+            controls.instances.reinstall(&hash).await?;
+            Ok(Json(json!({"status": "reinstalled", "ref": hash})).into_response())
+        }
+    }
 }
 
 async fn stream_logs(

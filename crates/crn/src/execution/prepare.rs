@@ -182,8 +182,12 @@ pub async fn prepare(
 
 /// Disk the program's own volumes take, MiB (what admission counts).
 pub fn own_disk_mib(content: &ProgramContent) -> u64 {
-    content
-        .volumes
+    volumes_disk_mib(&content.volumes)
+}
+
+/// Disk that ephemeral and persistent volumes take, MiB.
+pub fn volumes_disk_mib(volumes: &[Volume]) -> u64 {
+    volumes
         .iter()
         .map(|v| match v {
             Volume::Ephemeral { size_mib, .. } | Volume::Persistent { size_mib, .. } => *size_mib,
@@ -192,7 +196,7 @@ pub fn own_disk_mib(content: &ProgramContent) -> u64 {
         .sum()
 }
 
-fn safe_name(name: &str) -> Result<&str, ProgramError> {
+pub(crate) fn safe_name(name: &str) -> Result<&str, ProgramError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -225,7 +229,7 @@ async fn padded_copy(source: &Path, dir: &Path) -> Result<PathBuf, ProgramError>
 }
 
 /// squashfs (`hsqs` at 0) or ext2/3/4 (0xEF53 at 1080).
-fn sniff_format(path: &Path) -> Option<VolumeFormat> {
+pub(crate) fn sniff_format(path: &Path) -> Option<VolumeFormat> {
     use std::io::Read;
     let mut head = vec![0u8; 1082];
     let mut file = std::fs::File::open(path).ok()?;
@@ -240,7 +244,7 @@ fn sniff_format(path: &Path) -> Option<VolumeFormat> {
 }
 
 /// A sparse file of `size_mib` with an empty ext4 on it.
-async fn make_ext4(path: &Path, size_mib: u64) -> Result<(), ProgramError> {
+pub(crate) async fn make_ext4(path: &Path, size_mib: u64) -> Result<(), ProgramError> {
     let io = |e: std::io::Error| ProgramError::internal(format!("{}: {e}", path.display()));
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await.map_err(io)?;

@@ -16,6 +16,18 @@ pub struct SeedConfig {
     pub ssh_authorized_keys: Vec<String>,
     /// `None` leaves the guest to cloud-init's fallback (DHCP on the first NIC).
     pub network: Option<StaticNetwork>,
+    /// ext4 disks to mount at boot (written to the guest's fstab once).
+    #[serde(default)]
+    pub mounts: Vec<SeedMount>,
+}
+
+/// An ext4 disk the guest mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedMount {
+    /// Its path in the guest, stable across boots (`/dev/disk/by-id/virtio-<serial>`).
+    pub device: String,
+    /// An absolute path.
+    pub mount_point: String,
 }
 
 /// A fixed address plan for the guest's one NIC, found by its MAC address.

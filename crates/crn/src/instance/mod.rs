@@ -17,7 +17,7 @@ pub mod config;
 pub mod overlay;
 pub mod seed;
 
-pub use config::{Ipv4Cidr, Ipv6Cidr, SeedConfig, StaticNetwork};
+pub use config::{Ipv4Cidr, Ipv6Cidr, SeedConfig, SeedMount, StaticNetwork};
 pub use overlay::{DiskFormat, OverlayError, OverlayInfo, create_overlay, overlay_info};
 pub use seed::{SEED_LABEL, SeedDocuments, SeedError, render_seed, write_seed};
 

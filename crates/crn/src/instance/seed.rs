@@ -6,7 +6,7 @@
 //! reads them, and serde_json quotes every string, which keeps values from being read
 //! as other YAML types or breaking the document's structure.
 
-use super::config::{SeedConfig, StaticNetwork};
+use super::config::{SeedConfig, SeedMount, StaticNetwork};
 use serde_json::{Value, json};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,8 @@ pub enum SeedError {
     SshKey { index: usize, reason: String },
     #[error("network configuration refused: {0}")]
     Network(String),
+    #[error("volume mount refused: {0}")]
+    Mount(String),
     #[error("writing the cloud-init seed {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -102,12 +104,25 @@ pub fn render_seed(config: &SeedConfig) -> Result<SeedDocuments, SeedError> {
         check_network(network).map_err(SeedError::Network)?;
     }
 
-    let user_data = json!({
+    for mount in &config.mounts {
+        check_mount(mount)?;
+    }
+
+    let mut user_data = json!({
         "hostname": config.hostname,
         "ssh_authorized_keys": config.ssh_authorized_keys,
         "disable_root": false,
         "ssh_pwauth": false,
     });
+    if !config.mounts.is_empty() {
+        // `nofail`: a missing disk must not stop the boot (and with it SSH access).
+        let mounts: Vec<Value> = config
+            .mounts
+            .iter()
+            .map(|m| json!([m.device, m.mount_point, "ext4", "defaults,nofail", "0", "2"]))
+            .collect();
+        user_data["mounts"] = Value::Array(mounts);
+    }
     let meta_data = json!({
         "instance-id": config.instance_id,
         "local-hostname": config.hostname,
@@ -181,6 +196,27 @@ fn build_image(file: &mut std::fs::File, files: &[(&str, &str)]) -> io::Result<(
         }
     }
     fs.unmount()
+}
+
+/// An fstab line's fields: no blanks, no commas (cloud-init joins them), absolute paths.
+fn check_mount(mount: &SeedMount) -> Result<(), SeedError> {
+    for path in [&mount.device, &mount.mount_point] {
+        let valid = path.starts_with('/')
+            && path.len() <= 255
+            && !path.split('/').any(|part| part == "..")
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(SeedError::Mount(format!(
+                "{path:?} is not an absolute path of letters, digits, '/', '-', '_' and '.'"
+            )));
+        }
+    }
+    if mount.mount_point == "/" {
+        return Err(SeedError::Mount("a volume cannot be mounted on /".into()));
+    }
+    Ok(())
 }
 
 /// cloud-init names a folder after it (`/var/lib/cloud/instances/<id>`).
@@ -379,6 +415,7 @@ mod tests {
             hostname: "vm-8f3a.example".into(),
             ssh_authorized_keys: vec![KEY.into(), "ssh-rsa AAAAB3Nza second".into()],
             network: Some(network()),
+            mounts: vec![],
         }
     }
 
@@ -739,6 +776,36 @@ mod tests {
             assert_eq!(
                 loaded, expected,
                 "{name} reads the same as YAML and as JSON"
+            );
+        }
+    }
+
+    #[test]
+    fn volumes_are_mounted_by_their_stable_names_and_bad_paths_refused() {
+        let mut config = config();
+        config.mounts = vec![SeedMount {
+            device: "/dev/disk/by-id/virtio-vol-data".into(),
+            mount_point: "/data".into(),
+        }];
+        let docs = render_seed(&config).unwrap();
+        let user_data: Value =
+            serde_json::from_str(docs.user_data.strip_prefix("#cloud-config\n").unwrap()).unwrap();
+        assert_eq!(
+            user_data["mounts"],
+            json!([[
+                "/dev/disk/by-id/virtio-vol-data",
+                "/data",
+                "ext4",
+                "defaults,nofail",
+                "0",
+                "2"
+            ]])
+        );
+        for bad in ["data", "/da ta", "/a,b", "/", "/x/../etc"] {
+            config.mounts[0].mount_point = bad.into();
+            assert!(
+                matches!(render_seed(&config), Err(SeedError::Mount(_))),
+                "{bad:?} accepted"
             );
         }
     }

@@ -17,6 +17,7 @@ pub mod state;
 use crate::error::ProgramError;
 use crate::execution::Execution;
 use crate::hypervisor::VmStatus;
+use crate::instances::Instances;
 use crate::pool::Pool;
 use aleph_protocol::agent::AppState;
 use aleph_protocol::scheduler::{Allocation, AllocationResult, HeartbeatReply, RunningVm};
@@ -97,6 +98,7 @@ impl Inner {
 
 pub struct Persistent {
     pool: Arc<Pool>,
+    instances: Arc<Instances>,
     file: StateFile,
     policy: BackoffPolicy,
     allocation_wait: Duration,
@@ -110,7 +112,11 @@ impl Persistent {
     /// Reads the stored allocation and lease; the programs it lists are marked
     /// persistent in the pool (which has already adopted the VMs left running).
     /// `leased`: heartbeats are configured, so persistent VMs need a valid lease.
-    pub fn open(pool: Arc<Pool>, leased: bool) -> anyhow::Result<Arc<Self>> {
+    pub fn open(
+        pool: Arc<Pool>,
+        instances: Arc<Instances>,
+        leased: bool,
+    ) -> anyhow::Result<Arc<Self>> {
         let config = pool.config();
         let file = StateFile::new(&config.data_dir);
         let stored = file.load()?;
@@ -137,6 +143,7 @@ impl Persistent {
         }
         Ok(Arc::new(Self {
             pool,
+            instances,
             file,
             policy,
             allocation_wait,
@@ -161,6 +168,15 @@ impl Persistent {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    pub fn instances(&self) -> &Arc<Instances> {
+        &self.instances
+    }
+
+    /// The instances allocated to this node.
+    pub fn allocated_instances(&self) -> BTreeSet<String> {
+        self.inner().stored.instances.clone()
     }
 
     /// The highest allocation version applied.
@@ -192,10 +208,11 @@ impl Persistent {
             .collect()
     }
 
-    /// What heartbeats report: every allocated program, running or not yet.
+    /// What heartbeats report: every allocated program and instance, running or not
+    /// yet.
     pub fn report(&self) -> Vec<RunningVm> {
         let inner = self.inner();
-        inner
+        let mut report: Vec<RunningVm> = inner
             .stored
             .vms
             .iter()
@@ -210,7 +227,22 @@ impl Persistent {
                         .map(|t| t.to_rfc3339()),
                 }
             })
-            .collect()
+            .collect();
+        let statuses: std::collections::HashMap<String, _> = self
+            .instances
+            .statuses()
+            .into_iter()
+            .map(|s| (s.item_hash.clone(), s))
+            .collect();
+        report.extend(inner.stored.instances.iter().map(|hash| {
+            let status = statuses.get(hash);
+            RunningVm {
+                vm_hash: hash.clone(),
+                running: status.is_some_and(|s| s.running),
+                started_at: status.and_then(|s| s.started_at).map(|t| t.to_rfc3339()),
+            }
+        }));
+        report
     }
 
     /// An answered heartbeat, sent at `sent`: extends the lease, learns whether a newer
@@ -275,12 +307,17 @@ impl Persistent {
                 }
             }
         }
-        for instance in &allocation.instances {
-            result.failing.push(instance.clone());
-            result.errors.insert(
-                instance.clone(),
-                "instances are not supported yet on this node".into(),
-            );
+        let mut listed_instances = BTreeSet::new();
+        for reference in &allocation.instances {
+            match crate::resources::check_hash(reference) {
+                Ok(hash) => {
+                    listed_instances.insert(hash);
+                }
+                Err(e) => {
+                    result.failing.push(reference.clone());
+                    result.errors.insert(reference.clone(), e.to_string());
+                }
+            }
         }
 
         let guard = self.apply.lock().await;
@@ -293,6 +330,7 @@ impl Persistent {
             let stored = Stored {
                 allocation_version: version,
                 vms: listed.clone(),
+                instances: listed_instances.clone(),
                 lease_until_ms: inner.stored.lease_until_ms,
             };
             self.file.save(&stored).map_err(ApplyError::Storage)?;
@@ -305,18 +343,24 @@ impl Persistent {
                 self.pool.set_persistent(hash, true);
             }
             tracing::info!(
-                "allocation version {version}: {} persistent program(s), {} before",
+                "allocation version {version}: {} persistent program(s), {} before; {} instance(s), {} before",
                 listed.len(),
-                inner.stored.vms.len()
+                inner.stored.vms.len(),
+                listed_instances.len(),
+                inner.stored.instances.len(),
             );
             inner.stored = stored;
         }
         result.stopped = self.stop_unwanted().await;
 
         let now = Instant::now();
-        let (may_start, why) = {
+        let (may_run, may_start, why) = {
             let inner = self.inner();
-            (inner.may_start(now), inner.why_not_started(now))
+            (
+                inner.may_run(now),
+                inner.may_start(now),
+                inner.why_not_started(now),
+            )
         };
         let mut starts = Vec::new();
         for hash in &listed {
@@ -324,6 +368,30 @@ impl Persistent {
                 result.successful.push(hash.clone());
             } else if may_start {
                 starts.push((hash.clone(), self.spawn_start(hash)));
+            } else {
+                result.failing.push(hash.clone());
+                result.errors.insert(hash.clone(), why.clone());
+            }
+        }
+        // Instances: those no longer listed go (and their disks); the listed ones
+        // start in tasks of their own, awaited like the programs below.
+        self.instances
+            .reconcile(&listed_instances, may_run, false)
+            .await;
+        for hash in &listed_instances {
+            if self.instances.is_running(hash) {
+                result.successful.push(hash.clone());
+            } else if self.instances.record(hash).is_some_and(|r| r.held) {
+                // Stopped by its owner: allocated, and stays stopped.
+                result.successful.push(hash.clone());
+            } else if may_start {
+                let instances = self.instances.clone();
+                let hash = hash.clone();
+                let start = tokio::spawn({
+                    let hash = hash.clone();
+                    async move { instances.start(&hash).await.map_err(|e| e.to_string()) }
+                });
+                starts.push((hash, start));
             } else {
                 result.failing.push(hash.clone());
                 result.errors.insert(hash.clone(), why.clone());
@@ -456,10 +524,18 @@ impl Persistent {
         let _guard = self.apply.lock().await;
         self.stop_unwanted().await;
         let now = Instant::now();
-        let (may_start, allocated) = {
+        let (may_run, may_start, allocated, instances) = {
             let inner = self.inner();
-            (inner.may_start(now), inner.stored.vms.clone())
+            (
+                inner.may_run(now),
+                inner.may_start(now),
+                inner.stored.vms.clone(),
+                inner.stored.instances.clone(),
+            )
         };
+        self.instances
+            .reconcile(&instances, may_run, may_start)
+            .await;
         if !self.inner().may_run(now) {
             return;
         }

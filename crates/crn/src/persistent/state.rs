@@ -14,6 +14,9 @@ pub struct Stored {
     pub allocation_version: u64,
     /// Persistent programs this node must run.
     pub vms: BTreeSet<String>,
+    /// Instances this node must run.
+    #[serde(default)]
+    pub instances: BTreeSet<String>,
     /// Unix milliseconds until which the lease runs (see [`super::lease::Lease`]).
     #[serde(default)]
     pub lease_until_ms: Option<i64>,
@@ -114,6 +117,7 @@ mod tests {
         let stored = Stored {
             allocation_version: 9,
             vms: ["aa".to_string()].into(),
+            instances: ["bb".to_string()].into(),
             lease_until_ms: Some(1_800_000_000_000),
         };
         file.save(&stored).unwrap();

@@ -7,10 +7,12 @@
 //! newest PROGRAM that `replaces` it when it allows amends.
 
 pub mod ccn;
+pub mod instance;
 pub mod program;
 
 use crate::error::ProgramError;
 use ccn::{CcnClient, Message};
+use instance::InstanceMessage;
 use program::ProgramContent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -100,6 +102,25 @@ impl Resources {
             content_hash: in_force.item_hash,
             content,
         })
+    }
+
+    /// The instance `item_hash` (instances are not amended: the message is the content).
+    pub async fn instance(&self, item_hash: &str) -> Result<InstanceMessage, ProgramError> {
+        let item_hash = check_hash(item_hash)?;
+        let message =
+            self.ccn.message(&item_hash).await?.ok_or_else(|| {
+                ProgramError::NotFound(format!("no instance {item_hash} on the CCN"))
+            })?;
+        if message.message_type != "INSTANCE" {
+            return Err(ProgramError::NotFound(format!(
+                "{item_hash} is a {}, not an INSTANCE",
+                message.message_type
+            )));
+        }
+        let content = serde_json::from_value(message.content).map_err(|e| {
+            ProgramError::Unsupported(format!("instance {item_hash}: unreadable content: {e}"))
+        })?;
+        Ok(InstanceMessage { item_hash, content })
     }
 
     /// The file of STORE `store_hash` (its newest version when `use_latest`), downloaded

@@ -1,0 +1,727 @@
+//! Instances: full VMs (systemd, cloud-init, sshd) that their owners log into over SSH
+//! and that keep their disk across stops, reboots and node restarts.
+//!
+//! Each instance has a folder `DATA/instances/<first 16 hex of its hash>/` with its
+//! record ([`record::InstanceRecord`]: message, parent image, subnet, SSH port), its root
+//! disk overlay and cloud-init seed ([`crate::instance`]), and the VM's own files (the
+//! driver's pidfile, sockets and console log). Persistent volumes live beside the
+//! programs' (`DATA/volumes/<owner>/<name>.ext4`) and outlive the instance until
+//! `erase`. The network (TAP, firewall rules, the SSH port forward) is set up at each
+//! start and torn down at each stop; nothing of it is touched before the first start,
+//! so a node that runs no instance never changes the host's network.
+//!
+//! The scheduler's allocation says which instances run here ([`crate::persistent`]
+//! calls [`Instances::reconcile`]); their owners stop, reboot, erase and reinstall them
+//! through `/control/machine/{ref}/...`.
+
+pub mod boot;
+pub mod record;
+
+use crate::error::ProgramError;
+use crate::execution::prepare::{make_ext4, safe_name, sniff_format};
+use crate::hypervisor::{
+    ChannelSpec, Drive, DriveFormat, Hypervisor, Machine, RunningVm, StopOutcome, StopTimeouts,
+    VmSpec, VmStatus,
+};
+use crate::instance::{InstanceDisks, SeedConfig, SeedMount, create_overlay, write_seed};
+use crate::network::{AddressPool, HostPorts, NetworkConfig, Protocol, SSH_PORT, VmNet, VmNetwork};
+use crate::persistent::backoff::{BackoffPolicy, Restarts};
+use crate::pool::Pool;
+use crate::pool::admission::{Amount, Reservation};
+use crate::resources::instance::InstanceMessage;
+use crate::resources::program::Volume;
+use aleph_protocol::agent::VolumeFormat;
+use boot::BootPlan;
+use chrono::{DateTime, Utc};
+use record::InstanceRecord;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a guest gets to power off after the ACPI button before QEMU is told to quit.
+const POWERDOWN_WAIT: Duration = Duration::from_secs(60);
+
+/// What the node reports of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    pub item_hash: String,
+    pub record: InstanceRecord,
+    pub running: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Why the last start failed, until one succeeds.
+    pub error: Option<String>,
+}
+
+struct Running {
+    vm: Arc<dyn RunningVm>,
+    started_at: DateTime<Utc>,
+    _reservation: Option<Reservation>,
+}
+
+struct State {
+    subnets: AddressPool,
+    ports: HostPorts,
+    running: HashMap<String, Running>,
+    /// Starts under way, so the loop does not queue more.
+    starting: std::collections::HashSet<String>,
+    restarts: HashMap<String, Restarts>,
+    errors: HashMap<String, String>,
+}
+
+pub struct Instances {
+    pool: Arc<Pool>,
+    hypervisor: Box<dyn Hypervisor>,
+    network: VmNetwork,
+    root: PathBuf,
+    volumes_dir: PathBuf,
+    kernels_dir: PathBuf,
+    policy: BackoffPolicy,
+    state: Mutex<State>,
+    /// One operation (start, stop, erase...) per instance at a time.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Our nftables table and base chains exist, and forwarding is on.
+    network_ready: tokio::sync::OnceCell<()>,
+}
+
+/// The folder of instance `hash`: short, because the VM's Unix sockets live in it.
+fn folder_name(hash: &str) -> &str {
+    &hash[..16.min(hash.len())]
+}
+
+impl Instances {
+    /// Takes back the instances an earlier node process left: their addresses and
+    /// ports stay reserved, and the VMs still running are adopted.
+    pub async fn open(
+        pool: Arc<Pool>,
+        hypervisor: Box<dyn Hypervisor>,
+        network: NetworkConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let data_dir = pool.config().data_dir.clone();
+        let root = data_dir.join("instances");
+        std::fs::create_dir_all(&root)?;
+        let network = VmNetwork::new(network)?;
+        let mut subnets = AddressPool::new(network.config())?;
+        let mut ports = HostPorts::new(network.config());
+        let config = pool.config();
+        let policy = BackoffPolicy {
+            initial: Duration::from_millis(config.restart_backoff_initial_ms.max(1)),
+            max: Duration::from_secs(config.restart_backoff_max_seconds.max(1)),
+        };
+        let mut running = HashMap::new();
+        for entry in std::fs::read_dir(&root)?.flatten() {
+            let folder = entry.path();
+            let Some(record) = InstanceRecord::load(&folder) else {
+                continue;
+            };
+            let hash = record.message.item_hash.clone();
+            if subnets.reserve(record.net.index).is_err() || !ports.reserve(record.ssh_port) {
+                tracing::warn!("instance {hash}: its address or port is taken twice");
+            }
+            if let Ok(vm) = hypervisor.adopt(&folder).await {
+                tracing::info!("instance {hash}: took back its VM (pid {})", vm.pid());
+                let reservation = pool.admission().reserve(demand(&record.message)).ok();
+                running.insert(
+                    hash,
+                    Running {
+                        vm: Arc::from(vm),
+                        started_at: Utc::now(),
+                        _reservation: reservation,
+                    },
+                );
+            }
+        }
+        Ok(Arc::new(Self {
+            volumes_dir: data_dir.join("volumes"),
+            kernels_dir: boot::cache_dir(&data_dir),
+            pool,
+            hypervisor,
+            network,
+            root,
+            policy,
+            state: Mutex::new(State {
+                subnets,
+                ports,
+                running,
+                starting: Default::default(),
+                restarts: HashMap::new(),
+                errors: HashMap::new(),
+            }),
+            locks: Mutex::new(HashMap::new()),
+            network_ready: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("instances state")
+    }
+
+    fn lock(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("instance locks")
+            .entry(hash.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub fn folder(&self, hash: &str) -> PathBuf {
+        self.root.join(folder_name(hash))
+    }
+
+    /// The record of `hash`, if this node has the instance (running or not).
+    pub fn record(&self, hash: &str) -> Option<InstanceRecord> {
+        InstanceRecord::load(&self.folder(hash)).filter(|r| r.message.item_hash == hash)
+    }
+
+    /// The instances this node keeps, running or not.
+    pub fn known(&self) -> BTreeSet<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return BTreeSet::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| InstanceRecord::load(&e.path()))
+            .map(|r| r.message.item_hash)
+            .collect()
+    }
+
+    pub fn is_running(&self, hash: &str) -> bool {
+        self.state().running.contains_key(hash)
+    }
+
+    /// The running VM of `hash`.
+    pub fn vm(&self, hash: &str) -> Option<Arc<dyn RunningVm>> {
+        self.state().running.get(hash).map(|r| r.vm.clone())
+    }
+
+    pub fn statuses(&self) -> Vec<InstanceStatus> {
+        self.known()
+            .into_iter()
+            .filter_map(|hash| {
+                let record = self.record(&hash)?;
+                let state = self.state();
+                let running = state.running.get(&hash);
+                Some(InstanceStatus {
+                    running: running.is_some(),
+                    started_at: running.map(|r| r.started_at),
+                    error: state.errors.get(&hash).cloned(),
+                    item_hash: hash,
+                    record,
+                })
+            })
+            .collect()
+    }
+
+    /// Brings what runs to `allocated`: instances no longer allocated are stopped and
+    /// deleted (root disk, seed, address; persistent volumes stay until `erase`),
+    /// those whose VM ended are restarted after a backoff, and those not running are
+    /// started (unless `may_start` is false or their owner stopped them).
+    /// `may_run` false stops every instance (the lease lapsed) and keeps their disks.
+    pub async fn reconcile(
+        self: &Arc<Self>,
+        allocated: &BTreeSet<String>,
+        may_run: bool,
+        may_start: bool,
+    ) {
+        for hash in self.known() {
+            if !allocated.contains(&hash) {
+                if let Err(e) = self.delete(&hash).await {
+                    tracing::warn!("instance {hash}: not deleted: {e}");
+                }
+            } else if !may_run && self.is_running(&hash) {
+                self.stop(&hash, "lease lapsed").await;
+            }
+        }
+        if !may_run {
+            return;
+        }
+        // VMs that ended on their own (a crash, or a poweroff from inside).
+        let running: Vec<(String, Arc<dyn RunningVm>)> = self
+            .state()
+            .running
+            .iter()
+            .map(|(h, r)| (h.clone(), r.vm.clone()))
+            .collect();
+        for (hash, vm) in running {
+            if vm.status().await == VmStatus::Exited {
+                tracing::warn!("instance {hash}: its VM exited");
+                self.stop(&hash, "its VM exited").await;
+                let mut state = self.state();
+                let delay = state
+                    .restarts
+                    .entry(hash.clone())
+                    .or_default()
+                    .failed(&self.policy, Instant::now());
+                tracing::info!("instance {hash}: restart in {delay:?}");
+            }
+        }
+        if !may_start {
+            return;
+        }
+        for hash in allocated {
+            let due = {
+                let state = self.state();
+                !state.running.contains_key(hash)
+                    && !state.starting.contains(hash)
+                    && state
+                        .restarts
+                        .get(hash)
+                        .is_none_or(|r| r.ready(Instant::now()))
+            };
+            let held = self.record(hash).is_some_and(|r| r.held);
+            if due && !held {
+                self.state().starting.insert(hash.clone());
+                let this = self.clone();
+                let hash = hash.clone();
+                tokio::spawn(async move {
+                    let _ = this.start(&hash).await;
+                });
+            }
+        }
+    }
+
+    /// Starts instance `hash` (created on its first start); returns once its VM runs.
+    pub async fn start(&self, hash: &str) -> Result<(), ProgramError> {
+        let lock = self.lock(hash);
+        let _one = lock.lock().await;
+        if self.is_running(hash) {
+            self.state().starting.remove(hash);
+            return Ok(());
+        }
+        self.state().starting.insert(hash.to_owned());
+        let outcome = self.start_locked(hash).await;
+        let mut state = self.state();
+        state.starting.remove(hash);
+        match &outcome {
+            Ok(()) => {
+                state.errors.remove(hash);
+            }
+            Err(e) => {
+                tracing::warn!("instance {hash} did not start: {e}");
+                state.errors.insert(hash.to_owned(), e.to_string());
+                state
+                    .restarts
+                    .entry(hash.to_owned())
+                    .or_default()
+                    .failed(&self.policy, Instant::now());
+            }
+        }
+        outcome
+    }
+
+    async fn start_locked(&self, hash: &str) -> Result<(), ProgramError> {
+        let hash = crate::resources::check_hash(hash)?;
+        let folder = self.folder(&hash);
+        let mut record = match self.record(&hash) {
+            Some(record) => record,
+            None => self.create(&hash, &folder).await?,
+        };
+        if record.held {
+            record.held = false;
+            record.save(&folder).map_err(ProgramError::internal)?;
+        }
+        let reservation = self
+            .pool
+            .admission()
+            .reserve(demand(&record.message))
+            .map_err(ProgramError::NoCapacity)?;
+        let spec = self.prepare(&record, &folder).await?;
+
+        self.network_ready
+            .get_or_try_init(|| async {
+                crate::network::enable_ipv4_forwarding()?;
+                self.network.ensure_base().await
+            })
+            .await
+            .map_err(|e| ProgramError::internal(format!("host network: {e}")))?;
+        let net = self
+            .network
+            .setup(&hash, record.net.index)
+            .await
+            .map_err(|e| ProgramError::internal(format!("network: {e}")))?;
+        let forwarded = self
+            .network
+            .add_forward(&net, Protocol::Tcp, record.ssh_port, SSH_PORT)
+            .await;
+        if let Err(e) = forwarded {
+            let _ = self.network.teardown(&net).await;
+            return Err(ProgramError::internal(format!("SSH port forward: {e}")));
+        }
+        let vm = match self.hypervisor.start(&spec).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = self.network.teardown(&net).await;
+                return Err(ProgramError::StartFailed {
+                    error: e.to_string(),
+                    traceback: None,
+                });
+            }
+        };
+        tracing::info!(
+            "instance {hash} started (pid {}), SSH on host port {}",
+            vm.pid(),
+            record.ssh_port
+        );
+        self.state().running.insert(
+            hash,
+            Running {
+                vm: Arc::from(vm),
+                started_at: Utc::now(),
+                _reservation: Some(reservation),
+            },
+        );
+        Ok(())
+    }
+
+    /// The record of a new instance: its message, parent image, subnet and port.
+    async fn create(&self, hash: &str, folder: &Path) -> Result<InstanceRecord, ProgramError> {
+        let message = self.pool.resources().instance(hash).await?;
+        check_supported(&message)?;
+        let content = &message.content;
+        let parent = self
+            .pool
+            .resources()
+            .store_file(
+                &content.rootfs.parent.reference,
+                content.rootfs.parent.use_latest,
+                &content.address,
+            )
+            .await?;
+        if folder.exists() {
+            // A leftover of an instance that was not deleted cleanly, or (most
+            // unlikely) another hash with the same first 16 digits.
+            return Err(ProgramError::internal(format!(
+                "{} exists but holds no record of {hash}",
+                folder.display()
+            )));
+        }
+        let (subnet, ssh_port) = {
+            let mut state = self.state();
+            let subnet = state
+                .subnets
+                .allocate()
+                .map_err(|e| ProgramError::NoCapacity(e.to_string()))?;
+            match state.ports.allocate() {
+                Ok(port) => (subnet, port),
+                Err(e) => {
+                    state.subnets.release(subnet.index);
+                    return Err(ProgramError::NoCapacity(e.to_string()));
+                }
+            }
+        };
+        let record = InstanceRecord {
+            net: VmNet::from_subnet(hash, &subnet),
+            message,
+            parent,
+            ssh_port,
+            held: false,
+        };
+        if let Err(e) = record.save(folder) {
+            let mut state = self.state();
+            state.subnets.release(subnet.index);
+            state.ports.release(ssh_port);
+            return Err(ProgramError::internal(format!("{}: {e}", folder.display())));
+        }
+        Ok(record)
+    }
+
+    /// The disks (the overlay made on the first start only) and the machine.
+    async fn prepare(
+        &self,
+        record: &InstanceRecord,
+        folder: &Path,
+    ) -> Result<VmSpec, ProgramError> {
+        let message = &record.message;
+        let content = &message.content;
+        let disks = InstanceDisks::in_folder(folder);
+        if !disks.rootfs.exists() {
+            create_overlay(
+                &record.parent.path,
+                &disks.rootfs,
+                content.rootfs.size_mib * 1024 * 1024,
+            )
+            .await
+            .map_err(|e| ProgramError::Unsupported(format!("root disk: {e}")))?;
+        }
+        let mut drives = vec![
+            Drive::writable(&disks.rootfs).with_format(DriveFormat::Qcow2),
+            Drive::read_only(&disks.seed),
+        ];
+        let mut mounts = Vec::new();
+        for (index, volume) in content.volumes.iter().enumerate() {
+            let serial = format!("vol{index}");
+            let (drive, mount) = match volume {
+                Volume::Immutable {
+                    reference,
+                    use_latest,
+                    mount,
+                } => {
+                    let file = self
+                        .pool
+                        .resources()
+                        .store_file(reference, *use_latest, &content.address)
+                        .await?;
+                    if sniff_format(&file.path) != Some(VolumeFormat::Ext4) {
+                        return Err(ProgramError::Unsupported(format!(
+                            "volume {reference}: instances mount ext4 images only"
+                        )));
+                    }
+                    (Drive::read_only(&file.path), mount)
+                }
+                Volume::Ephemeral {
+                    size_mib, mount, ..
+                } => {
+                    // Made again at each start: discarded at stop.
+                    let path = folder.join(format!("ephemeral-{index}.ext4"));
+                    let _ = tokio::fs::remove_file(&path).await;
+                    make_ext4(&path, *size_mib).await?;
+                    (Drive::writable(path), mount)
+                }
+                Volume::Persistent {
+                    name,
+                    size_mib,
+                    mount,
+                    persistence,
+                    ..
+                } => {
+                    if persistence.as_deref() == Some("store") {
+                        return Err(ProgramError::Unsupported(
+                            "persistent volumes kept on the CCN (`persistence: store`) are not supported".into(),
+                        ));
+                    }
+                    let path = self.persistent_volume(&content.address, name)?;
+                    if !path.exists() {
+                        make_ext4(&path, *size_mib).await?;
+                    }
+                    (Drive::writable(path), mount)
+                }
+            };
+            drives.push(drive.with_serial(&serial));
+            mounts.push(SeedMount {
+                device: format!("/dev/disk/by-id/virtio-{serial}"),
+                mount_point: mount.clone(),
+            });
+        }
+        let hostname = aleph_protocol::hostname::encode(&message.item_hash)
+            .map_err(|e| ProgramError::BadReference(e.to_string()))?;
+        let seed = SeedConfig {
+            instance_id: message.item_hash.clone(),
+            hostname,
+            ssh_authorized_keys: content.authorized_keys.clone().unwrap_or_default(),
+            network: Some(static_network(&record.net)),
+            mounts,
+        };
+        write_seed(&disks.seed, &seed)
+            .map_err(|e| ProgramError::Unsupported(format!("cloud-init seed: {e}")))?;
+
+        let boot = match boot::plan(
+            &record.parent.path,
+            &record.parent.file_hash,
+            &self.kernels_dir,
+        )
+        .await?
+        {
+            BootPlan::Kernel(source) => Some(source),
+            BootPlan::Firmware => None,
+        };
+        let vcpus = u8::try_from(content.resources.vcpus)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| {
+                ProgramError::Unsupported(format!("{} vCPUs", content.resources.vcpus))
+            })?;
+        let memory_mib = u32::try_from(content.resources.memory)
+            .map_err(|_| ProgramError::Unsupported("memory".into()))?;
+        Ok(VmSpec {
+            machine: Machine::Pc,
+            vcpus,
+            memory_mib,
+            boot,
+            drives,
+            channel: ChannelSpec::default(),
+            network: Some(record.net.tap_spec()),
+            folder: folder.to_path_buf(),
+        })
+    }
+
+    fn persistent_volume(&self, owner: &str, name: &str) -> Result<PathBuf, ProgramError> {
+        Ok(self
+            .volumes_dir
+            .join(safe_name(owner)?)
+            .join(format!("{}.ext4", safe_name(name)?)))
+    }
+
+    /// Powers instance `hash` off (ACPI, then `quit`, then SIGKILL) and unplugs its
+    /// network; its disks stay. Returns how it ended, `None` if it was not running.
+    pub async fn stop(&self, hash: &str, reason: &str) -> Option<StopOutcome> {
+        let running = self.state().running.remove(hash)?;
+        let outcome = crate::hypervisor::stop(
+            running.vm.as_ref(),
+            None,
+            StopTimeouts {
+                acpi: POWERDOWN_WAIT,
+                ..StopTimeouts::default()
+            },
+        )
+        .await;
+        tracing::info!("instance {hash} stopped ({reason}): {outcome:?}");
+        if let Some(record) = self.record(hash)
+            && let Err(e) = self.network.teardown(&record.net).await
+        {
+            tracing::warn!("instance {hash}: network not torn down: {e}");
+        }
+        Some(outcome)
+    }
+
+    /// Stops `hash` at its owner's request: it stays stopped until rebooted.
+    pub async fn stop_held(&self, hash: &str) -> Result<Option<StopOutcome>, ProgramError> {
+        let lock = self.lock(hash);
+        let _one = lock.lock().await;
+        self.set_held(hash, true)?;
+        Ok(self.stop(hash, "stopped by its owner").await)
+    }
+
+    /// Stops and starts `hash` again (its disks kept).
+    pub async fn reboot(&self, hash: &str) -> Result<(), ProgramError> {
+        {
+            let lock = self.lock(hash);
+            let _one = lock.lock().await;
+            self.stop(hash, "rebooted by its owner").await;
+            self.set_held(hash, false)?;
+        }
+        self.start(hash).await
+    }
+
+    /// A fresh root disk from the parent image (volumes kept), then a start.
+    pub async fn reinstall(&self, hash: &str) -> Result<(), ProgramError> {
+        {
+            let lock = self.lock(hash);
+            let _one = lock.lock().await;
+            self.stop(hash, "reinstalled by its owner").await;
+            remove_file(&InstanceDisks::in_folder(&self.folder(hash)).rootfs)?;
+            self.set_held(hash, false)?;
+        }
+        self.start(hash).await
+    }
+
+    /// Stops `hash` and deletes its root disk and its persistent volumes; it stays
+    /// stopped (a reboot starts it again, from a fresh disk).
+    pub async fn erase(&self, hash: &str) -> Result<(), ProgramError> {
+        let lock = self.lock(hash);
+        let _one = lock.lock().await;
+        let record = self
+            .record(hash)
+            .ok_or_else(|| ProgramError::NotFound(format!("no instance {hash} on this node")))?;
+        self.stop(hash, "erased by its owner").await;
+        remove_file(&InstanceDisks::in_folder(&self.folder(hash)).rootfs)?;
+        for volume in &record.message.content.volumes {
+            if let Volume::Persistent { name, .. } = volume {
+                remove_file(&self.persistent_volume(&record.message.content.address, name)?)?;
+            }
+        }
+        self.set_held(hash, true)
+    }
+
+    /// Stops `hash` and forgets it: folder (root disk, seed, record), address and port.
+    /// Persistent volumes stay (only `erase` deletes them).
+    pub async fn delete(&self, hash: &str) -> Result<(), ProgramError> {
+        let lock = self.lock(hash);
+        let _one = lock.lock().await;
+        let Some(record) = self.record(hash) else {
+            return Ok(());
+        };
+        self.stop(hash, "deallocated").await;
+        // A VM adopted as stopped still has its rules if the node died mid-stop.
+        if let Err(e) = self.network.teardown(&record.net).await {
+            tracing::warn!("instance {hash}: network not torn down: {e}");
+        }
+        let folder = self.folder(hash);
+        std::fs::remove_dir_all(&folder)
+            .map_err(|e| ProgramError::internal(format!("{}: {e}", folder.display())))?;
+        let mut state = self.state();
+        state.subnets.release(record.net.index);
+        state.ports.release(record.ssh_port);
+        state.restarts.remove(hash);
+        state.errors.remove(hash);
+        tracing::info!("instance {hash} deleted");
+        Ok(())
+    }
+
+    fn set_held(&self, hash: &str, held: bool) -> Result<(), ProgramError> {
+        let folder = self.folder(hash);
+        let mut record = self
+            .record(hash)
+            .ok_or_else(|| ProgramError::NotFound(format!("no instance {hash} on this node")))?;
+        if record.held != held {
+            record.held = held;
+            record.save(&folder).map_err(ProgramError::internal)?;
+        }
+        if !held {
+            self.state().restarts.remove(hash);
+        }
+        Ok(())
+    }
+
+    /// The guest's console output (its serial port), as lines.
+    pub fn console(&self, hash: &str) -> Option<String> {
+        let path = crate::hypervisor::qemu::Layout::new(&self.folder(hash)).serial_log();
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// What an instance holds while it runs.
+fn demand(message: &InstanceMessage) -> Amount {
+    let content = &message.content;
+    Amount {
+        memory_mib: content.resources.memory,
+        vcpus: u64::from(content.resources.vcpus),
+        disk_mib: content.rootfs.size_mib
+            + crate::execution::prepare::volumes_disk_mib(&content.volumes),
+    }
+}
+
+/// What this node cannot run, refused before anything is made.
+fn check_supported(message: &InstanceMessage) -> Result<(), ProgramError> {
+    let environment = &message.content.environment;
+    if let Some(hypervisor) = environment.hypervisor.as_deref()
+        && hypervisor != "qemu"
+    {
+        return Err(ProgramError::Unsupported(format!(
+            "instances run under QEMU on this node, not {hypervisor}"
+        )));
+    }
+    if environment.trusted_execution.is_some() {
+        return Err(ProgramError::Unsupported(
+            "confidential instances (trusted_execution) are not offered by this node".into(),
+        ));
+    }
+    if message.content.rootfs.size_mib == 0 {
+        return Err(ProgramError::Unsupported("rootfs.size_mib is 0".into()));
+    }
+    Ok(())
+}
+
+fn static_network(net: &VmNet) -> crate::instance::StaticNetwork {
+    use crate::instance::{Ipv4Cidr, StaticNetwork};
+    StaticNetwork {
+        mac: net.mac.clone(),
+        ipv4: Ipv4Cidr::new(net.guest_ip, net.prefix),
+        gateway_v4: net.host_ip,
+        ipv6: None,
+        gateway_v6: None,
+        // The host's resolver is not reachable from VMs (they are kept off the host's
+        // services); a public one is.
+        nameservers: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(9, 9, 9, 9))],
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), ProgramError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ProgramError::internal(format!("{}: {e}", path.display()))),
+    }
+}
