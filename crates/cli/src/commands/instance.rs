@@ -482,14 +482,30 @@ fn check_public_key_line(line: &str) -> Result<()> {
     let Some(blob) = decode_base64(encoded) else {
         bail!("the {key_type} key's data is not valid base64");
     };
-    let named = blob
-        .get(..4)
-        .map(|len| u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize)
-        .and_then(|len| blob.get(4..4 + len));
-    if named != Some(key_type.as_bytes()) {
-        bail!("the key data is not a {key_type} key (truncated or damaged?)");
+    // The blob is length-prefixed fields (u32 big-endian + bytes), the type
+    // first, then the key's numbers; a cut-short key breaks the framing.
+    let fields = ssh_fields(&blob);
+    match fields.as_deref() {
+        Some([named, _, ..]) if *named == key_type.as_bytes() => {}
+        _ => bail!("the key data is not a {key_type} key (truncated or damaged?)"),
     }
     Ok(())
+}
+
+/// The length-prefixed fields of an SSH key blob, if they fill it exactly.
+fn ssh_fields(mut blob: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut fields = Vec::new();
+    while !blob.is_empty() {
+        let (length, rest) = blob.split_first_chunk::<4>()?;
+        let length = u32::from_be_bytes(*length) as usize;
+        if rest.len() < length {
+            return None;
+        }
+        let (field, rest) = rest.split_at(length);
+        fields.push(field);
+        blob = rest;
+    }
+    Some(fields)
 }
 
 /// Standard base64 with padding, as in public key files; `None` if it is not.
@@ -634,7 +650,7 @@ impl NodeDirectory {
             .messages(&[
                 ("msgTypes", "POST".to_owned()),
                 ("contentTypes", CORECHAN_OPERATION.to_owned()),
-                ("pagination", "1000".to_owned()),
+                ("pagination", "500".to_owned()),
             ])
             .await;
         match page {
@@ -1484,6 +1500,8 @@ mod tests {
         let blob = ED25519.split(' ').nth(1).unwrap();
         assert!(error(&format!("ssh-rsa {blob}")).contains("not a ssh-rsa key"));
         assert!(error("ssh-ed25519 AAAAC3Nz").contains("not a ssh-ed25519 key"));
+        // Only the type, no key after it.
+        assert!(error("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5").contains("not a ssh-ed25519 key"));
     }
 
     #[test]
