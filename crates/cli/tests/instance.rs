@@ -760,6 +760,43 @@ async fn create_waits_for_placement_then_ssh_logs_and_stop_reach_the_crn() {
     );
     assert_eq!(created["ssh_ready"], true);
 
+    // For a person: the progress on stderr, the SSH line last on stdout.
+    let human = net
+        .aleph(&[
+            "--private-key",
+            &net.funded_key,
+            "--scheduler",
+            &scheduler,
+            "instance",
+            "create",
+            "--rootfs",
+            &rootfs,
+            "--ssh-pubkey-file",
+            key.to_str().unwrap(),
+            "--name",
+            "second",
+        ])
+        .await;
+    assert!(human.status.success(), "{}", stderr(&human));
+    let text = String::from_utf8_lossy(&human.stdout).into_owned();
+    assert!(
+        text.trim_end()
+            .ends_with(&format!("ssh root@127.0.0.1 -p {ssh_port}")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("CRN: {crn}")), "{text}");
+    assert!(
+        stderr(&human).contains("root filesystem"),
+        "{}",
+        stderr(&human)
+    );
+    let second = state.lock().unwrap().vm_hash.clone().unwrap();
+    assert!(text.starts_with(&format!("instance {second}")), "{text}");
+    let forgotten = net.funded_json(&["instance", "delete", &second]).await;
+    assert_eq!(forgotten["item_hash"], second);
+    // The stand-ins follow the instance asked about last: the first one again.
+    state.lock().unwrap().vm_hash = Some(hash.clone());
+
     let listed = net
         .funded_json(&["--scheduler", &scheduler, "instance", "list"])
         .await;
