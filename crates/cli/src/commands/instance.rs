@@ -114,6 +114,7 @@ pub struct CreateArgs {
     /// public network's.
     #[arg(long, env = "ALEPH_IMAGES_ADDRESS", value_name = "ADDRESS")]
     images_address: Option<String>,
+    /// Virtual CPUs of the VM.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
     /// Memory of the VM in MiB.
@@ -134,6 +135,7 @@ pub struct CreateArgs {
     /// (the CCN takes credit payments only for instances pinned to a node).
     #[arg(long, value_enum)]
     payment: Option<InstancePayment>,
+    /// Channel of the INSTANCE message.
     #[arg(long)]
     channel: Option<String>,
     /// Print the hash once posted, without waiting for the instance to run.
