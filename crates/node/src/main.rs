@@ -40,7 +40,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // netlink-packet-route warns about every attribute newer than itself.
+                .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -108,17 +108,11 @@ pub fn interpret(message: &Value) -> Vec<Event> {
                     why: format!("replaced by {hash}"),
                 });
             }
-            let persistent = if kind == "PROGRAM" {
-                content.pointer("/on/persistent") == Some(&Value::Bool(true))
-            } else {
-                // Instances paid by the hour (credits, stream) are pinned to the node
-                // their payment names; the scheduler places the others.
-                let payment = content
-                    .pointer("/payment/type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("hold");
-                payment == "hold" && content.pointer("/requirements/node/node_hash").is_none()
-            };
+            // Every instance is kept running; one pinned to a node
+            // (`requirements.node.node_hash`, as instances paid by the hour are) is only
+            // ever placed there.
+            let persistent =
+                kind == "INSTANCE" || content.pointer("/on/persistent") == Some(&Value::Bool(true));
             if persistent {
                 events.push(Event::Vm {
                     hash,
@@ -191,8 +185,14 @@ mod tests {
         assert!(matches!(&interpret(&persistent)[..],
             [Event::Vm { hash, vm_type: PERSISTENT_PROGRAM, owner, .. }] if hash == "p3" && owner == "0xB"));
         let pinned = json!({"item_hash": "i", "type": "INSTANCE",
-            "content": {"payment": {"type": "credit"}}});
-        assert!(interpret(&pinned).is_empty());
+            "content": {"payment": {"type": "credit"}, "requirements": {"node": {"node_hash": "n1"}}}});
+        assert!(matches!(
+            &interpret(&pinned)[..],
+            [Event::Vm {
+                vm_type: INSTANCE,
+                ..
+            }]
+        ));
         let held = json!({"item_hash": "i2", "type": "INSTANCE", "content": {}});
         assert!(matches!(
             &interpret(&held)[..],

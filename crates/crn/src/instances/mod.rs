@@ -436,13 +436,9 @@ impl Instances {
         let content = &message.content;
         let disks = InstanceDisks::in_folder(folder);
         if !disks.rootfs.exists() {
-            create_overlay(
-                &record.parent.path,
-                &disks.rootfs,
-                content.rootfs.size_mib * 1024 * 1024,
-            )
-            .await
-            .map_err(|e| ProgramError::Unsupported(format!("root disk: {e}")))?;
+            create_overlay(&record.parent.path, &disks.rootfs, content.rootfs.size_mib)
+                .await
+                .map_err(|e| ProgramError::Unsupported(format!("root disk: {e}")))?;
         }
         let mut drives = vec![
             Drive::writable(&disks.rootfs).with_format(DriveFormat::Qcow2),

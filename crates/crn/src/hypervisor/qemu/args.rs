@@ -123,14 +123,15 @@ pub fn build(spec: &VmSpec, layout: &Layout, options: &MachineOptions) -> Vec<Os
     ]);
     push(&["-pidfile", &layout.pidfile().display().to_string()]);
 
-    // Drives first, in order: the guest names virtio disks in creation order. The
-    // firmware boots the first one.
+    // Drives first, in order: the guest names virtio disks in creation order. Without
+    // a kernel, the firmware boots the first one.
     for (i, drive) in spec.drives.iter().enumerate() {
         let mut device = format!("{},drive=drive{i}", virtio(machine, "blk"));
         if let Some(serial) = &drive.serial {
             device.push_str(&format!(",serial={serial}"));
         }
-        if machine == Machine::Pc && i == 0 {
+        // With a kernel given, QEMU's own loader takes boot index 0.
+        if machine == Machine::Pc && spec.boot.is_none() && i == 0 {
             device.push_str(",bootindex=0");
         }
         push(&[
