@@ -60,7 +60,11 @@ impl CrnHandle {
     /// Stops serving and stops every VM, recording their executions.
     pub async fn shutdown_and_stop_vms(self) {
         self.pool.drain();
-        self.pool.stop_all("node stopped").await;
+        let instances = self.persistent.instances().clone();
+        tokio::join!(
+            self.pool.stop_all("node stopped"),
+            instances.stop_all("node stopped")
+        );
         self.shutdown().await;
     }
 }

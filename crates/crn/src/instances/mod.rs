@@ -24,7 +24,9 @@ use crate::hypervisor::{
     VmSpec, VmStatus,
 };
 use crate::instance::{InstanceDisks, SeedConfig, SeedMount, create_overlay, write_seed};
-use crate::network::{AddressPool, HostPorts, NetworkConfig, Protocol, SSH_PORT, VmNet, VmNetwork};
+use crate::network::{
+    AddressPool, HostPorts, LoopbackRelay, NetworkConfig, Protocol, SSH_PORT, VmNet, VmNetwork,
+};
 use crate::persistent::backoff::{BackoffPolicy, Restarts};
 use crate::pool::Pool;
 use crate::pool::admission::{Amount, Reservation};
@@ -82,6 +84,8 @@ pub struct Instances {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Our nftables table and base chains exist, and forwarding is on.
     network_ready: tokio::sync::OnceCell<()>,
+    /// The SSH port reached from the node itself, per running instance.
+    relays: Mutex<HashMap<String, LoopbackRelay>>,
 }
 
 /// The folder of instance `hash`: short, because the VM's Unix sockets live in it.
@@ -131,7 +135,7 @@ impl Instances {
                 );
             }
         }
-        Ok(Arc::new(Self {
+        let instances = Arc::new(Self {
             volumes_dir: data_dir.join("volumes"),
             kernels_dir: boot::cache_dir(&data_dir),
             pool,
@@ -149,7 +153,37 @@ impl Instances {
             }),
             locks: Mutex::new(HashMap::new()),
             network_ready: tokio::sync::OnceCell::new(),
-        }))
+            relays: Mutex::new(HashMap::new()),
+        });
+        let adopted: Vec<String> = instances.state().running.keys().cloned().collect();
+        for hash in adopted {
+            if let Some(record) = instances.record(&hash) {
+                instances.open_relay(&record).await;
+            }
+        }
+        Ok(instances)
+    }
+
+    /// Relays the SSH port from the node's loopback (when configured); a port taken by
+    /// something else only costs that convenience.
+    async fn open_relay(&self, record: &InstanceRecord) {
+        if !self.network.config().loopback_relay {
+            return;
+        }
+        let hash = &record.message.item_hash;
+        let guest = std::net::SocketAddr::from((record.net.guest_ip, SSH_PORT));
+        match LoopbackRelay::bind(record.ssh_port, guest).await {
+            Ok(relay) => {
+                self.relays
+                    .lock()
+                    .expect("relays")
+                    .insert(hash.clone(), relay);
+            }
+            Err(e) => tracing::warn!(
+                "instance {hash}: cannot relay 127.0.0.1:{} to its SSH port: {e}",
+                record.ssh_port
+            ),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -363,6 +397,7 @@ impl Instances {
             vm.pid(),
             record.ssh_port
         );
+        self.open_relay(&record).await;
         self.state().running.insert(
             hash,
             Running {
@@ -551,6 +586,7 @@ impl Instances {
     /// Powers instance `hash` off (ACPI, then `quit`, then SIGKILL) and unplugs its
     /// network; its disks stay. Returns how it ended, `None` if it was not running.
     pub async fn stop(&self, hash: &str, reason: &str) -> Option<StopOutcome> {
+        self.relays.lock().expect("relays").remove(hash);
         let running = self.state().running.remove(hash)?;
         let outcome = crate::hypervisor::stop(
             running.vm.as_ref(),
@@ -568,6 +604,14 @@ impl Instances {
             tracing::warn!("instance {hash}: network not torn down: {e}");
         }
         Some(outcome)
+    }
+
+    /// Stops every running instance (the node stops); disks and records stay, so a
+    /// node started again on the same data starts them again.
+    pub async fn stop_all(&self, reason: &str) {
+        let running: Vec<String> = self.state().running.keys().cloned().collect();
+        let stops = running.iter().map(|hash| self.stop(hash, reason));
+        futures::future::join_all(stops).await;
     }
 
     /// Stops `hash` at its owner's request: it stays stopped until rebooted.

@@ -18,6 +18,9 @@ pub struct NetworkConfig {
     pub port_range: (u16, u16),
     /// Name of our nftables table (family `inet`); nothing else is ever touched.
     pub table: String,
+    /// Also relay each forwarded port from `127.0.0.1` (see [`super::relay`]), so the
+    /// node itself reaches its VMs' forwarded ports.
+    pub loopback_relay: bool,
 }
 
 impl Default for NetworkConfig {
@@ -28,6 +31,7 @@ impl Default for NetworkConfig {
             uplink: None,
             port_range: (24000, 28000),
             table: "aleph".to_string(),
+            loopback_relay: true,
         }
     }
 }

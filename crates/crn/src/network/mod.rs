@@ -12,6 +12,7 @@ pub mod error;
 pub mod firewall;
 pub mod pool;
 pub mod ports;
+pub mod relay;
 pub mod rules;
 pub mod tap;
 
@@ -20,6 +21,7 @@ pub use error::NetworkError;
 pub use firewall::Firewall;
 pub use pool::{AddressPool, VmSubnet};
 pub use ports::HostPorts;
+pub use relay::LoopbackRelay;
 pub use rules::{PortForward, Protocol};
 
 use crate::hypervisor::TapSpec;
