@@ -1,7 +1,8 @@
 //! `aleph instance` against a real CCN in process: the INSTANCE it posts (the
 //! public network's shape, accepted by the CCN), the root filesystem found by
 //! name in the `vm-images` aggregate, key files refused before anything is
-//! posted, list, delete, and a node pinned by its registration.
+//! posted, volumes in the CRN's shape (and bad volume specs refused before
+//! posting), list, delete, and a node pinned by its registration.
 //!
 //! What needs a CRN running instances (the wait in `create`, `ssh`, `logs`,
 //! `stop`) is checked against stand-ins for the scheduler's read API and the
@@ -461,6 +462,192 @@ async fn bad_key_files_are_refused_before_anything_is_posted() {
     );
 
     assert!(instances_posted(&net).await.is_empty());
+    net.ccn.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn volumes_are_posted_in_the_crns_shape_and_listed() {
+    let keys = tempfile::tempdir().unwrap();
+    let Some((private, _)) = ssh_key(keys.path()) else {
+        return;
+    };
+    let public_file = private.with_extension("pub");
+    let public_file = public_file.to_str().unwrap();
+    let net = Network::start().await;
+    let rootfs = store_rootfs(&net, "rootfs for volumes").await;
+    // An immutable volume must be a STORE the CCN holds.
+    let library = store_rootfs(&net, "an ext4 library image").await;
+    let immutable = format!("ref={library},mount=/opt/lib");
+    let pinned = format!("ref={library},mount=/opt/pinned,use_latest=false");
+
+    let created = net
+        .funded_json(&[
+            "--scheduler",
+            NO_SCHEDULER,
+            "instance",
+            "create",
+            "--ssh-pubkey-file",
+            public_file,
+            "--rootfs",
+            &rootfs,
+            "--persistent-volume",
+            "name=data,size_mib=1024,mount=/data",
+            "--persistent-volume",
+            "persistence=host,name=db_2.x,size_mib=20,mount=/var/lib/db/",
+            "--ephemeral-volume",
+            "size_mib=100,mount=/tmp/x",
+            "--immutable-volume",
+            &immutable,
+            "--immutable-volume",
+            &pinned,
+            "--no-wait",
+        ])
+        .await;
+    assert_eq!(created["status"], "processed", "{created}");
+    let hash = created["item_hash"].as_str().unwrap().to_owned();
+
+    // The CRN's `Volume` (untagged: `ref` makes it immutable, `ephemeral` an
+    // ephemeral one, else persistent with `name`, `size_mib`, `mount`) reads
+    // exactly these; persistence is "host", the only one CRNs keep.
+    let expected = json!([
+        {"mount": "/data", "persistence": "host", "name": "data", "size_mib": 1024},
+        {"mount": "/var/lib/db", "persistence": "host", "name": "db_2.x", "size_mib": 20},
+        {"mount": "/tmp/x", "ephemeral": true, "size_mib": 100},
+        {"mount": "/opt/lib", "ref": library, "use_latest": true},
+        {"mount": "/opt/pinned", "ref": library, "use_latest": false},
+    ]);
+    let held = message(&net, &hash).await;
+    assert_eq!(held["status"], "processed");
+    assert_eq!(held["message"]["content"]["volumes"], expected);
+    // The volumes leave the rest of the content as it was.
+    assert_eq!(held["message"]["content"]["rootfs"]["size_mib"], 4096);
+
+    let listed_kinds = json!([
+        {"kind": "persistent", "name": "data", "size_mib": 1024, "mount": "/data", "persistence": "host"},
+        {"kind": "persistent", "name": "db_2.x", "size_mib": 20, "mount": "/var/lib/db", "persistence": "host"},
+        {"kind": "ephemeral", "size_mib": 100, "mount": "/tmp/x"},
+        {"kind": "immutable", "ref": library, "use_latest": true, "mount": "/opt/lib"},
+        {"kind": "immutable", "ref": library, "use_latest": false, "mount": "/opt/pinned"},
+    ]);
+    assert_eq!(created["volumes"], listed_kinds);
+    let listed = net
+        .funded_json(&["--scheduler", NO_SCHEDULER, "instance", "list"])
+        .await;
+    assert_eq!(listed[0]["item_hash"], hash);
+    assert_eq!(listed[0]["volumes"], listed_kinds);
+    let text = net
+        .aleph(&[
+            "--private-key",
+            &net.funded_key,
+            "--scheduler",
+            NO_SCHEDULER,
+            "instance",
+            "list",
+        ])
+        .await;
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let short = &library[..8];
+    assert!(
+        text.contains(&format!(
+            "volumes: data:1024MiB→/data, db_2.x:20MiB→/var/lib/db, ephemeral:100MiB→/tmp/x, ref {short}…→/opt/lib, ref {short}…→/opt/pinned"
+        )),
+        "{text}"
+    );
+
+    // Bad specs: each refused with the reason, before anything is posted.
+    let refusals = [
+        (
+            "--persistent-volume",
+            "size_mib=10,mount=/d".to_owned(),
+            "name=… is missing",
+        ),
+        (
+            "--persistent-volume",
+            "name=d,size_mib=10".to_owned(),
+            "mount=… is missing",
+        ),
+        (
+            "--persistent-volume",
+            "name=d,size_mib=1O,mount=/d".to_owned(),
+            "not a whole number",
+        ),
+        (
+            "--persistent-volume",
+            "name=d,size_mib=10,mount=data".to_owned(),
+            "relative",
+        ),
+        (
+            "--persistent-volume",
+            "name=my data,size_mib=10,mount=/d".to_owned(),
+            "letters, digits",
+        ),
+        (
+            "--persistent-volume",
+            "name=.d,size_mib=10,mount=/d".to_owned(),
+            "does not start with '.'",
+        ),
+        (
+            "--persistent-volume",
+            "name=d,size_mib=1953126,mount=/d".to_owned(),
+            "1 to 1953125 MiB",
+        ),
+        (
+            "--persistent-volume",
+            "name=d,size_mib=10,mount=/d,persistence=store".to_owned(),
+            "not supported",
+        ),
+        (
+            "--ephemeral-volume",
+            "size_mib=1001,mount=/t".to_owned(),
+            "1 to 1000 MiB",
+        ),
+        (
+            "--ephemeral-volume",
+            "size_mib=10,mount=/t,colour=red".to_owned(),
+            "unknown key",
+        ),
+        (
+            "--immutable-volume",
+            "ref=abc,mount=/o".to_owned(),
+            "not an item hash",
+        ),
+        (
+            "--immutable-volume",
+            format!("ref={library}"),
+            "mount=… is missing",
+        ),
+        (
+            "--ephemeral-volume",
+            "size_mib=10,mount=/data".to_owned(),
+            "two volumes are mounted at /data",
+        ),
+    ];
+    for (flag, spec, reason) in refusals {
+        let output = net
+            .aleph(&[
+                "--private-key",
+                &net.funded_key,
+                "--scheduler",
+                NO_SCHEDULER,
+                "instance",
+                "create",
+                "--ssh-pubkey-file",
+                public_file,
+                "--rootfs",
+                &rootfs,
+                "--persistent-volume",
+                "name=data,size_mib=1024,mount=/data",
+                flag,
+                &spec,
+                "--no-wait",
+            ])
+            .await;
+        assert!(!output.status.success(), "{flag} {spec} was accepted");
+        let error = stderr(&output);
+        assert!(error.contains(reason), "{flag} {spec}: {error}");
+        assert!(error.contains(flag), "{flag} {spec}: {error}");
+    }
+    assert_eq!(instances_posted(&net).await, [hash]);
     net.ccn.shutdown().await;
 }
 

@@ -13,6 +13,8 @@
 //! that the account's wallet authorises (`X-SignedPubKey`), signing each request
 //! (`X-SignedOperation`) for the CRN's host name and the request's path.
 
+mod volumes;
+
 use super::publish;
 use crate::client::CcnClient;
 use crate::context::Context;
@@ -29,7 +31,7 @@ use aleph_types::message::execution::environment::{
     HostRequirements, Hypervisor, InstanceEnvironment, MachineResources, NodeRequirements,
 };
 use aleph_types::message::execution::volume::{
-    ParentVolume, PersistentVolumeSize, RootfsVolume, VolumePersistence,
+    MachineVolume, ParentVolume, PersistentVolumeSize, RootfsVolume, VolumePersistence,
 };
 use aleph_types::message::{ForgetContent, InstanceContent, MessageType};
 use anyhow::{Context as _, Result, bail};
@@ -42,6 +44,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use volumes::VolumeFlags;
 
 /// The aggregate naming root filesystems (`rootfs: {name: {hash, display_name}}`,
 /// `defaults.rootfs`), next to the runtimes programs use.
@@ -124,6 +127,21 @@ pub struct CreateArgs {
     /// filesystem; one compute unit includes 20 GiB of disk).
     #[arg(long, default_value_t = 4096, value_name = "MIB")]
     rootfs_size: u64,
+    /// A disk kept on the CRN across stop, reboot and restarts until `erase`
+    /// (ext4, mounted at MOUNT), e.g. `name=data,size_mib=1024,mount=/data`;
+    /// repeatable. The CRN keeps one disk per owner and name: another instance
+    /// of yours naming it on that CRN gets the same disk.
+    #[arg(long, value_name = "name=N,size_mib=S,mount=/M")]
+    persistent_volume: Vec<String>,
+    /// A blank disk made at each start and discarded at stop (ext4, at most
+    /// 1000 MiB), e.g. `size_mib=100,mount=/tmp/scratch`; repeatable.
+    #[arg(long, value_name = "size_mib=S,mount=/M")]
+    ephemeral_volume: Vec<String>,
+    /// A read-only ext4 image stored on the network (a STORE), e.g.
+    /// `ref=HASH,mount=/opt/lib`; `use_latest=false` pins that exact version;
+    /// repeatable.
+    #[arg(long, value_name = "ref=HASH,mount=/M[,use_latest=B]")]
+    immutable_volume: Vec<String>,
     /// Run it on this CRN (its node hash goes in `requirements.node.node_hash`);
     /// default: where the scheduler places it.
     #[arg(long, value_name = "URL")]
@@ -237,6 +255,11 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<()> {
     let authorized_keys = read_public_keys(&key_file)?;
     let rootfs_size = PersistentVolumeSize::try_from(args.rootfs_size)
         .map_err(|e| anyhow::anyhow!("--rootfs-size {}: {e}", args.rootfs_size))?;
+    let volumes = volumes::volumes_of(&VolumeFlags {
+        persistent: args.persistent_volume.clone(),
+        ephemeral: args.ephemeral_volume.clone(),
+        immutable: args.immutable_volume.clone(),
+    })?;
     let payment = match (args.payment, &args.crn) {
         (Some(InstancePayment::Credit), None) => bail!(
             "--payment credit needs a pinned node: add --crn URL (the CCN refuses credit-paid instances without requirements.node.node_hash)"
@@ -276,9 +299,11 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<()> {
         memory_mib: args.memory,
         rootfs: rootfs.reference.clone(),
         rootfs_size,
+        volumes,
         node_hash: node_hash.clone(),
         payment,
     });
+    let listed_volumes = volumes::listed_volumes(&serde_json::to_value(&content)?);
     let (message, accepted) = publish(
         &client,
         &signer,
@@ -289,18 +314,25 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<()> {
     .await
     .context("posting the INSTANCE message")?;
     let item_hash = message.item_hash.to_string();
-    let posted = format!(
+    let mut posted = format!(
         "instance {item_hash} ({}), root filesystem {} ({})",
         accepted.describe(),
         rootfs.reference,
         rootfs.name
     );
+    if !listed_volumes.is_empty() {
+        posted.push_str(&format!(
+            "\n  volumes: {}",
+            volumes::summary(&listed_volumes)
+        ));
+    }
 
     if args.no_wait || accepted.status != "processed" {
         let value = json!({
             "item_hash": item_hash,
             "status": accepted.status,
             "rootfs": rootfs.reference.to_string(),
+            "volumes": listed_volumes,
             "node_hash": node_hash,
             "crn_url": null,
             "ssh": null,
@@ -328,6 +360,7 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<()> {
         "item_hash": item_hash,
         "status": accepted.status,
         "rootfs": rootfs.reference.to_string(),
+        "volumes": listed_volumes,
         "node_hash": ready.node_hash,
         "crn_url": ready.crn_url,
         "ssh": ready.ssh.to_json(),
@@ -358,6 +391,8 @@ struct InstanceSpec<'a> {
     memory_mib: u64,
     rootfs: ItemHash,
     rootfs_size: PersistentVolumeSize,
+    /// Extra disks, checked already (see [`volumes`]).
+    volumes: Vec<MachineVolume>,
     node_hash: Option<String>,
     payment: Payment,
 }
@@ -388,7 +423,7 @@ fn instance_content(spec: &InstanceSpec<'_>) -> InstanceContent {
             },
             payment: Some(spec.payment.clone()),
             requirements,
-            volumes: Vec::new(),
+            volumes: spec.volumes.clone(),
             replaces: None,
             authorized_keys: Some(spec.authorized_keys.clone()),
         },
@@ -967,9 +1002,11 @@ async fn wait_until_reachable(
     }
 }
 
-/// One look at the scheduler, then the CRN, then the forwarded port. An
-/// instance pinned to a node is looked for there whatever the scheduler says
-/// (it may not track instances that a payment pins), unless it gave up on it.
+/// One look at the scheduler, then the CRN, then the forwarded port. The
+/// scheduler places a pinned instance too (on its node only), so its word
+/// counts: not placed yet means waiting, and it giving up ends the wait. The
+/// pinned node is still looked at when the scheduler is down or does not know
+/// the instance yet, since that CRN may already run it.
 async fn stage_of(
     scheduler: &SchedulerClient,
     http: &reqwest::Client,
@@ -994,6 +1031,12 @@ async fn stage_of(
         }
     }
     let (crn, node) = match (pinned, vm) {
+        (Some(node), Ok(Some(vm))) if vm.allocated_url.is_none() => {
+            return Stage::Unplaced(format!(
+                "the scheduler has it {}, not on node {} yet",
+                vm.status, node.hash
+            ));
+        }
         (Some(node), _) => (node.url.clone(), Some(node.hash.clone())),
         (None, Ok(Some(vm))) => match vm.allocated_url {
             Some(url) => (url, vm.allocated_node),
@@ -1187,6 +1230,7 @@ async fn list(ctx: &Context, address: Option<String>) -> Result<()> {
             "memory": content["resources"]["memory"],
             "rootfs": content["rootfs"]["parent"]["ref"],
             "rootfs_size": content["rootfs"]["size_mib"],
+            "volumes": volumes::listed_volumes(content),
             "node_hash": pinned.map(str::to_owned).or_else(|| vm.as_ref().and_then(|v| v.allocated_node.clone())),
             "status": vm.as_ref().map(|v| v.status.clone()).unwrap_or_else(|| "unknown".into()),
             "crn_url": crn,
@@ -1220,6 +1264,9 @@ fn describe_listed(instance: &Value) -> String {
     );
     if let Some(crn) = instance["crn_url"].as_str() {
         line.push_str(&format!(" on {crn}"));
+    }
+    if let Some(listed) = instance["volumes"].as_array().filter(|v| !v.is_empty()) {
+        line.push_str(&format!("\n    volumes: {}", volumes::summary(listed)));
     }
     if let Some(ssh) = instance["ssh"].as_object() {
         line.push_str(&format!(
@@ -1561,6 +1608,7 @@ mod tests {
             memory_mib: 4096,
             rootfs: parse_hash(&"cd".repeat(32), "rootfs").unwrap(),
             rootfs_size: PersistentVolumeSize::try_from(8192).unwrap(),
+            volumes: Vec::new(),
             node_hash: Some("ef".repeat(32)),
             payment: Payment::credits(),
         });
