@@ -4,7 +4,7 @@
 //! An instance is one INSTANCE message: the root filesystem it copies (a STORE,
 //! named in the `vm-images` aggregate's `rootfs` map), its resources and the SSH
 //! keys cloud-init installs for `root`, and any extra volumes (persistent,
-//! ephemeral, immutable; see [`volumes`]). The scheduler places it on a CRN
+//! ephemeral, immutable; see `volumes`). The scheduler places it on a CRN
 //! (only on the node `requirements.node.node_hash` pins, if any); that CRN lists
 //! it under its hash in `/v2/about/executions/list`, with the host port its
 //! port 22 is forwarded to. SSH goes to the CRN's host on that port.
@@ -113,7 +113,7 @@ pub struct CreateArgs {
     #[arg(long, default_value_t = 4096, value_name = "MIB")]
     rootfs_size: u64,
     /// A disk kept on the CRN across stop, reboot and restarts until `erase`
-    /// (ext4, mounted at MOUNT), e.g. `name=data,size_mib=1024,mount=/data`;
+    /// (ext4, mounted at /M), e.g. `name=data,size_mib=1024,mount=/data`;
     /// repeatable. The CRN keeps one disk per owner and name: another instance
     /// of yours naming it on that CRN gets the same disk.
     #[arg(long, value_name = "name=N,size_mib=S,mount=/M")]
