@@ -1,0 +1,475 @@
+//! End to end, as an instance's owner: a devnet (CCN, scheduler, one CRN) runs inside a
+//! network namespace this test creates; a second namespace plays the owner's machine,
+//! linked to the first by a veth pair. The real `aleph` CLI creates an instance of the
+//! devnet's Debian 12 root filesystem with a persistent volume; the owner logs in over
+//! SSH through the CRN's port forward, writes to the volume, reboots the instance with a
+//! signed owner request, finds the file again, and deletes the instance, after which its
+//! TAP device, firewall rules, root disk and seed are gone. On the way: the instance
+//! cannot reach a service of its host, and another wallet's owner request is refused.
+//!
+//! Prints the time from `instance create` to a working SSH login, and from the reboot
+//! to the next one (docs/benchmarks.md).
+//!
+//! Needs root, `ip`, `nft`, `ssh`, `ssh-keygen`, QEMU, the guest images and the instance
+//! root filesystem in `$ALEPH_DATA_DIR` (`scripts/test` builds them), and the `aleph`
+//! binary of this build; without them it says why and passes. All traffic to
+//! addresses outside 127.0.0.0/8 stays inside the two namespaces.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEVNET_TIMEOUT: Duration = Duration::from_secs(600);
+/// A first boot under TCG on a busy 2-core machine (cloud-init, host keys): 1–2 min.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
+const CRN_SIDE: &str = "192.168.250.1";
+const OWNER_SIDE: &str = "192.168.250.2";
+/// A service of the CRN's host that instances must not reach.
+const HOST_SERVICE_PORT: u16 = 4999;
+
+/// The two namespaces, deleted (with their links) when dropped.
+struct Namespaces {
+    crn: String,
+    owner: String,
+}
+
+impl Namespaces {
+    fn create() -> Self {
+        let id = std::process::id();
+        let namespaces = Self {
+            crn: format!("aleph-e2e-crn-{id}"),
+            owner: format!("aleph-e2e-own-{id}"),
+        };
+        let veth = format!("ae2e{}", id % 100_000);
+        let peer = format!("ae2o{}", id % 100_000);
+        for ns in [&namespaces.crn, &namespaces.owner] {
+            run("ip", &["netns", "add", ns]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &veth,
+                "netns",
+                &namespaces.crn,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &namespaces.owner,
+            ],
+        );
+        for (ns, link, address) in [
+            (&namespaces.crn, &veth, CRN_SIDE),
+            (&namespaces.owner, &peer, OWNER_SIDE),
+        ] {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{address}/30"),
+                    "dev",
+                    link,
+                ],
+            );
+            run("ip", &["-n", ns, "link", "set", link, "up"]);
+        }
+        namespaces
+    }
+
+    /// `program args` inside namespace `ns`.
+    fn command(ns: &str, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(program);
+        command
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [&self.crn, &self.owner] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The devnet process, stopped with SIGTERM (its CRN then stops the VMs) when dropped.
+struct Devnet {
+    child: Child,
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process killed when dropped (the host service stand-in).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().unwrap();
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Why this host cannot run the test, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("needs root (network namespaces, TAP devices, nftables)".into());
+    }
+    for (program, arg, package) in [
+        ("ip", "-V", "iproute2"),
+        ("nft", "--version", "nftables"),
+        ("ssh", "-V", "openssh-client"),
+        ("ssh-keygen", "-?", "openssh-client"),
+        ("qemu-system-x86_64", "--version", "qemu-system-x86"),
+        ("python3", "--version", "python3"),
+    ] {
+        let ran = Command::new(program)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if ran.is_err() {
+            return Some(format!("{program} is missing (Debian package {package})"));
+        }
+    }
+    let data_dir = aleph_crn::images::default_data_dir();
+    if aleph_crn::images::cached(&data_dir).is_none() {
+        return Some(format!("no guest images in {}", data_dir.display()));
+    }
+    if aleph_crn::images::cached_rootfs(&data_dir).is_none() {
+        return Some(format!(
+            "no instance root filesystem in {} (aleph-node images rootfs debian12)",
+            data_dir.display()
+        ));
+    }
+    None
+}
+
+/// `target/<profile>/aleph`, next to the test binaries' folder.
+fn aleph_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let cli = exe.parent().and_then(Path::parent).unwrap().join("aleph");
+    assert!(
+        cli.is_file(),
+        "{} is missing: build it with `cargo build -p aleph-cli` (cargo test --workspace does)",
+        cli.display()
+    );
+    cli
+}
+
+fn start_devnet(ns: &str, dir: &Path) -> (Devnet, Value) {
+    let log = std::fs::File::create(dir.join("devnet.log")).unwrap();
+    let child = Namespaces::command(ns, Path::new(env!("CARGO_BIN_EXE_aleph-node")))
+        .args(["devnet", "--crns", "1", "--accounts", "2"])
+        .arg("--data-dir")
+        .arg(dir.join("net"))
+        .arg("--images-dir")
+        .arg(aleph_crn::images::default_data_dir())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut devnet = Devnet { child };
+    let info_path = dir.join("net/devnet.json");
+    let deadline = Instant::now() + DEVNET_TIMEOUT;
+    loop {
+        if let Ok(bytes) = std::fs::read(&info_path) {
+            return (devnet, serde_json::from_slice(&bytes).unwrap());
+        }
+        if let Some(status) = devnet.child.try_wait().unwrap() {
+            panic!(
+                "the devnet exited with {status}: {}",
+                std::fs::read_to_string(dir.join("devnet.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no devnet.json after {DEVNET_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The real CLI inside the CRN's namespace (the devnet's services are on its loopback),
+/// signed by account `account`.
+fn aleph(ns: &str, info: &Value, account: usize, args: &[&str]) -> Output {
+    Namespaces::command(ns, &aleph_binary())
+        .arg("--private-key")
+        .arg(info["accounts"][account]["private_key"].as_str().unwrap())
+        .arg("--json")
+        .args(args)
+        .env_remove("ALEPH_IMAGES_ADDRESS")
+        .env_remove("ALEPH_CCN")
+        .env_remove("ALEPH_SCHEDULER_URL")
+        .output()
+        .unwrap()
+}
+
+/// `ssh root@CRN -p port command` from the owner's namespace.
+fn ssh(ns: &str, key: &Path, port: u16, command: &str) -> Output {
+    Namespaces::command(ns, Path::new("ssh"))
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            &port.to_string(),
+            &format!("root@{CRN_SIDE}"),
+            command,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// Logs in until it works; the time it took.
+fn wait_for_login(ns: &str, key: &Path, port: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let output = ssh(ns, key, port, "true");
+        if output.status.success() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < LOGIN_TIMEOUT,
+            "no SSH login after {LOGIN_TIMEOUT:?}: {}",
+            text(&output)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_deleted() {
+    if let Some(reason) = missing_prerequisite() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let namespaces = Namespaces::create();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("owner-key");
+    run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+    );
+    let (devnet, info) = start_devnet(&namespaces.crn, dir.path());
+    assert!(
+        info["default_rootfs"].is_string(),
+        "the devnet published no root filesystem: {info}"
+    );
+
+    // Create, and wait until SSH answers through the forward.
+    let pubkey = format!("{}.pub", key.display());
+    let started = Instant::now();
+    let created = aleph(
+        &namespaces.crn,
+        &info,
+        0,
+        &[
+            "instance",
+            "create",
+            "--ssh-pubkey-file",
+            &pubkey,
+            "--vcpus",
+            "2",
+            "--memory",
+            "1024",
+            "--persistent-volume",
+            "name=data,size_mib=64,mount=/data",
+            "--wait-timeout",
+            "600",
+        ],
+    );
+    assert!(created.status.success(), "create: {}", text(&created));
+    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let hash = created["item_hash"].as_str().unwrap().to_owned();
+    let port = u16::try_from(created["ssh"]["port"].as_u64().unwrap()).unwrap();
+    wait_for_login(&namespaces.owner, &key, port);
+    let first_login = started.elapsed();
+    eprintln!("instance create → SSH login: {first_login:.1?}");
+
+    let uname = ssh(&namespaces.owner, &key, port, "uname -a");
+    assert!(
+        uname.status.success() && String::from_utf8_lossy(&uname.stdout).contains("Linux"),
+        "uname: {}",
+        text(&uname)
+    );
+    let written = ssh(
+        &namespaces.owner,
+        &key,
+        port,
+        "mountpoint -q /data && echo kept-across-reboots > /data/proof && sync",
+    );
+    assert!(
+        written.status.success(),
+        "writing to the volume: {}",
+        text(&written)
+    );
+
+    // Isolation: a service on the host, reachable from outside, is not from the VM.
+    let service = Killed(
+        Namespaces::command(&namespaces.crn, Path::new("python3"))
+            .args(["-m", "http.server", &HOST_SERVICE_PORT.to_string()])
+            .args(["--bind", "0.0.0.0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let probe = format!("timeout 5 bash -c '</dev/tcp/%s/{HOST_SERVICE_PORT}'");
+    let from_owner = Instant::now();
+    loop {
+        let reached = Namespaces::command(&namespaces.owner, Path::new("bash"))
+            .args(["-c", &probe.replace("%s", CRN_SIDE)])
+            .status()
+            .unwrap();
+        if reached.success() {
+            break;
+        }
+        assert!(
+            from_owner.elapsed() < Duration::from_secs(30),
+            "the host service stand-in never answered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let gateway = crn_listing(&namespaces.crn, &hash)["networking"]["ipv4_network"]
+        .as_str()
+        .map(|net| net.replace(".0/24", ".1"))
+        .expect("the instance's network in the CRN's listing");
+    for target in [gateway.as_str(), CRN_SIDE] {
+        let blocked = ssh(&namespaces.owner, &key, port, &probe.replace("%s", target));
+        assert!(
+            !blocked.status.success(),
+            "the instance reached the host's service at {target}:{HOST_SERVICE_PORT}"
+        );
+    }
+    drop(service);
+
+    // Another wallet may not act on it.
+    let stranger = aleph(&namespaces.crn, &info, 1, &["instance", "stop", &hash]);
+    assert!(
+        !stranger.status.success() && text(&stranger).contains("403"),
+        "a stranger's stop: {}",
+        text(&stranger)
+    );
+
+    // Reboot (signed by the owner), then the file is still there.
+    let rebooted = Instant::now();
+    let reboot = aleph(&namespaces.crn, &info, 0, &["instance", "reboot", &hash]);
+    assert!(reboot.status.success(), "reboot: {}", text(&reboot));
+    wait_for_login(&namespaces.owner, &key, port);
+    let second_login = rebooted.elapsed();
+    eprintln!("reboot → SSH login: {second_login:.1?}");
+    let proof = ssh(&namespaces.owner, &key, port, "cat /data/proof");
+    assert_eq!(
+        String::from_utf8_lossy(&proof.stdout).trim(),
+        "kept-across-reboots",
+        "{}",
+        text(&proof)
+    );
+
+    // Delete: everything of it on the CRN goes.
+    let deleted = aleph(&namespaces.crn, &info, 0, &["instance", "delete", &hash]);
+    assert!(deleted.status.success(), "delete: {}", text(&deleted));
+    let folder = dir.path().join("net/crn-1/instances").join(&hash[..16]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rules = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &namespaces.crn,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "aleph",
+            ])
+            .output()
+            .unwrap();
+        let tap = Command::new("ip")
+            .args(["-n", &namespaces.crn, "-o", "link", "show", "type", "tun"])
+            .output()
+            .unwrap();
+        let gone = !folder.exists()
+            && !String::from_utf8_lossy(&rules.stdout).contains(&hash)
+            && String::from_utf8_lossy(&tap.stdout).trim().is_empty();
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after delete: folder {} exists: {}; rules: {}; taps: {}",
+            folder.display(),
+            folder.exists(),
+            String::from_utf8_lossy(&rules.stdout),
+            String::from_utf8_lossy(&tap.stdout)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "instance timings (TCG or KVM as probed): create → SSH {first_login:.1?}, reboot → SSH {second_login:.1?}"
+    );
+    drop(devnet);
+    drop(namespaces);
+}
+
+/// The instance's entry in the CRN's `/v2/about/executions/list`, read from inside the
+/// CRN's namespace.
+fn crn_listing(ns: &str, hash: &str) -> Value {
+    let output = Namespaces::command(ns, Path::new("python3"))
+        .args([
+            "-c",
+            "import urllib.request,sys;print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+            "http://127.0.0.1:4020/v2/about/executions/list",
+        ])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("executions list: {e}: {}", text(&output)));
+    list[hash].clone()
+}
