@@ -6,9 +6,9 @@
 //! Layout, all inside namespaces:
 //!
 //! ```text
-//!   out (10.99.0.2) ──veth── uplink0 (10.99.0.1)  host  vmtap1, vmtap2: real TAPs
-//!                                                       vmtap5 ──veth── vm-c (172.16.5.2)
-//!                                                       vmtap6 ──veth── vm-d (172.16.6.2)
+//!   out (10.99.0.2) ──veth── uplink0 (10.99.0.1)  host  vmac100100, vmac100200: real TAPs
+//!                                                       vmac100500 ──veth── vm-c (172.16.5.2)
+//!                                                       vmac100600 ──veth── vm-d (172.16.6.2)
 //! ```
 //!
 //! A TAP carries traffic only while a VM holds it, so the traffic checks plug veth
@@ -299,18 +299,18 @@ fn vm_networks_are_wired_isolated_forwarded_and_removed_exactly() {
     );
     assert_eq!(
         (a.tap.as_str(), a.guest_ip),
-        ("vmtap1", Ipv4Addr::new(172, 16, 1, 2))
+        ("vmac100100", Ipv4Addr::new(172, 16, 1, 2))
     );
     assert_eq!(a.tap_spec().mac, "02:00:ac:10:01:02");
     assert_eq!(
-        interface(&host, "vmtap1"),
+        interface(&host, "vmac100100"),
         Some((true, vec!["172.16.1.1/24".to_string()]))
     );
     assert_eq!(
-        interface(&host, "vmtap2"),
+        interface(&host, "vmac100200"),
         Some((true, vec!["172.16.2.1/24".to_string()]))
     );
-    let tun_flags = host.exec("cat", &["/sys/class/net/vmtap1/tun_flags"]);
+    let tun_flags = host.exec("cat", &["/sys/class/net/vmac100100/tun_flags"]);
     assert_eq!(
         tun_flags.trim(),
         "0x1802",
@@ -365,8 +365,8 @@ fn vm_networks_are_wired_isolated_forwarded_and_removed_exactly() {
     assert!(rules_of(&after, VM_B).is_empty(), "{after:#?}");
     assert_eq!(rules_of(&after, VM_A), rules_of(&listed, VM_A));
     assert_eq!(after.len(), 11);
-    assert_eq!(interface(&host, "vmtap2"), None);
-    assert!(interface(&host, "vmtap1").is_some());
+    assert_eq!(interface(&host, "vmac100200"), None);
+    assert!(interface(&host, "vmac100100").is_some());
     // Again: nothing left to remove is not an error.
     host.block_on(|| async { network.teardown(&b).await.unwrap() });
 
@@ -558,7 +558,7 @@ fn without_an_uplink_vms_leave_by_any_interface_but_their_own() {
         network.setup(VM_A, 0).await.unwrap()
     });
     assert_eq!(
-        interface(&host, "vmtap0"),
+        interface(&host, "vmac100000"),
         Some((true, vec!["172.16.0.1/24".to_string()]))
     );
     let listed = listed_rules(&host);
@@ -566,10 +566,10 @@ fn without_an_uplink_vms_leave_by_any_interface_but_their_own() {
     assert_eq!(rules_of(&listed, VM_A).len(), 8, "{listed:#?}");
     let ruleset = host.exec("nft", &["list", "ruleset"]);
     assert!(
-        ruleset.contains("ip saddr 172.16.0.0/24 oifname != \"vmtap0\" masquerade"),
+        ruleset.contains("ip saddr 172.16.0.0/24 oifname != \"vmac100000\" masquerade"),
         "{ruleset}"
     );
     host.block_on(|| async { network.teardown(&vm).await.unwrap() });
     assert!(listed_rules(&host).is_empty());
-    assert_eq!(interface(&host, "vmtap0"), None);
+    assert_eq!(interface(&host, "vmac100000"), None);
 }

@@ -313,6 +313,7 @@ async fn start_compute(args: &Args, ccn: &CcnHandle, info: &mut DevnetInfo) -> R
     let starts = (0..args.crns).map(|i| {
         crn::start(crn::CrnOptions {
             ccn_url: &info.ccn_url,
+            index: i,
             data_dir: &data_dirs[i],
             images_dir: &images_dir,
             port: ports[i],

@@ -69,7 +69,7 @@ impl VmNet {
         Self {
             vm_id: vm_id.to_string(),
             index: subnet.index,
-            tap: tap::tap_name(subnet.index),
+            tap: tap::tap_name(subnet.network),
             host_ip: subnet.host_ip(),
             guest_ip,
             prefix: subnet.prefix,
@@ -195,14 +195,14 @@ mod tests {
     #[test]
     fn vm_net_gives_the_hypervisor_its_tap_and_a_mac_from_the_address() {
         let vm = VmNet::new("abc", 7, Ipv4Addr::new(172, 16, 7, 0), 24);
-        assert_eq!(vm.tap, "vmtap7");
+        assert_eq!(vm.tap, "vmac100700");
         assert_eq!(vm.host_ip, Ipv4Addr::new(172, 16, 7, 1));
         assert_eq!(vm.guest_ip, Ipv4Addr::new(172, 16, 7, 2));
         assert_eq!(vm.network(), Ipv4Addr::new(172, 16, 7, 0));
         assert_eq!(
             vm.tap_spec(),
             TapSpec {
-                tap: "vmtap7".to_string(),
+                tap: "vmac100700".to_string(),
                 mac: "02:00:ac:10:07:02".to_string()
             }
         );

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 /// One VM's subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VmSubnet {
-    /// Position in the pool; also names the TAP (`vmtap<index>`).
+    /// Position in the pool.
     pub index: u32,
     /// Network address (host bits zero).
     pub network: Ipv4Addr,

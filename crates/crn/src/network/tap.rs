@@ -16,9 +16,12 @@ use std::os::fd::AsRawFd;
 /// Longest interface name the kernel takes (`IFNAMSIZ` less the final NUL).
 const MAX_NAME_LEN: usize = 15;
 
-/// The TAP name for a VM subnet index; at most `vmtap4294967295`, 15 characters.
-pub fn tap_name(index: u32) -> String {
-    format!("vmtap{index}")
+/// The TAP name of the VM subnet whose network address is `network`: `vm` and the
+/// address in hex (`vmac100700` for 172.16.7.0). Named after the address rather than a
+/// position in one node's pool, so that several nodes on one host (a devnet) with
+/// disjoint pools never pick the same name.
+pub fn tap_name(network: Ipv4Addr) -> String {
+    format!("vm{:08x}", u32::from(network))
 }
 
 /// Makes a persistent TAP device `name` (no packet information header). Attaching to
@@ -150,8 +153,8 @@ mod tests {
 
     #[test]
     fn tap_names_fit_the_kernel_limit() {
-        assert_eq!(tap_name(0), "vmtap0");
-        assert!(tap_name(u32::MAX).len() <= MAX_NAME_LEN);
+        assert_eq!(tap_name(Ipv4Addr::new(172, 16, 7, 0)), "vmac100700");
+        assert!(tap_name(Ipv4Addr::BROADCAST).len() <= MAX_NAME_LEN);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct SchedulerLink<'a> {
 
 pub struct CrnOptions<'a> {
     pub ccn_url: &'a str,
+    /// Which of the devnet's CRNs (0 for the first): chooses its share of the host's
+    /// VM network.
+    pub index: usize,
     /// The CRN's own folder.
     pub data_dir: &'a Path,
     /// Where the images were built (their data folder).
@@ -59,6 +62,7 @@ fn write_config(options: &CrnOptions<'_>, listen: SocketAddr) -> Result<PathBuf>
         data_dir: options.data_dir.to_owned(),
         images_dir: Some(options.images_dir.to_owned()),
         diagnostic_program: options.diagnostic_program.map(str::to_owned),
+        network: vm_network(options.index)?,
         ..aleph_crn::CrnConfig::default()
     };
     if let Some(link) = &options.scheduler {
@@ -75,6 +79,22 @@ fn write_config(options: &CrnOptions<'_>, listen: SocketAddr) -> Result<PathBuf>
     let text = toml::to_string(&config).context("encoding the CRN settings")?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// The devnet's CRNs share one host: each gets its own /16 of 172.16.0.0/12 for its
+/// instances, its own thousand host ports from 24000 and its own nftables table, so
+/// their TAP devices, forwards and rules never meet.
+fn vm_network(index: usize) -> Result<aleph_crn::network::NetworkConfig> {
+    let Some(slot) = u8::try_from(index).ok().filter(|slot| *slot < 16) else {
+        bail!("a devnet runs at most 16 CRNs (172.16.0.0/12 has 16 /16s for their VMs)");
+    };
+    let first_port = 24000 + u16::from(slot) * 1000;
+    Ok(aleph_crn::network::NetworkConfig {
+        ipv4_pool: (Ipv4Addr::new(172, 16 + slot, 0, 0), 16),
+        port_range: (first_port, first_port + 999),
+        table: format!("aleph-devnet-crn{}", index + 1),
+        ..aleph_crn::network::NetworkConfig::default()
+    })
 }
 
 /// Writes a secret readable by its owner only.
@@ -306,5 +326,18 @@ mod tests {
         stop_left_vms(dir.path());
         // Still alive to assert.
         assert!(Path::new(&format!("/proc/{}", std::process::id())).exists());
+    }
+
+    #[test]
+    fn each_crn_has_its_own_vm_network() {
+        let first = vm_network(0).unwrap();
+        let second = vm_network(1).unwrap();
+        assert_eq!(first.ipv4_pool, (Ipv4Addr::new(172, 16, 0, 0), 16));
+        assert_eq!(second.ipv4_pool, (Ipv4Addr::new(172, 17, 0, 0), 16));
+        assert_eq!(first.port_range, (24000, 24999));
+        assert_eq!(second.port_range, (25000, 25999));
+        assert_ne!(first.table, second.table);
+        assert!(aleph_crn::network::VmNetwork::new(vm_network(15).unwrap()).is_ok());
+        assert!(vm_network(16).is_err());
     }
 }
