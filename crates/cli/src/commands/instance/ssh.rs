@@ -58,6 +58,8 @@ pub(super) async fn run(ctx: &Context, args: SshArgs) -> Result<()> {
 ///   ~/.ssh/known_hosts would clash with the next instance's and make ssh refuse.
 /// - `-i KEY` comes with `IdentitiesOnly=yes`, so an agent holding many keys
 ///   does not use up the server's tries before the right one.
+/// - `LogLevel=ERROR`: no "Permanently added" notice mixed into the remote command's
+///   output on the first login (a changed host key is an error, still shown).
 fn ssh_command(
     endpoint: &SshEndpoint,
     identity: Option<&Path>,
@@ -72,6 +74,8 @@ fn ssh_command(
         "StrictHostKeyChecking=accept-new".to_owned(),
         "-o".to_owned(),
         format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o".to_owned(),
+        "LogLevel=ERROR".to_owned(),
     ];
     if let Some(identity) = identity {
         command.extend([
@@ -128,13 +132,15 @@ mod tests {
                 "StrictHostKeyChecking=accept-new",
                 "-o",
                 "UserKnownHostsFile=/cfg/known_hosts/abc",
+                "-o",
+                "LogLevel=ERROR",
                 "root@127.0.0.1"
             ]
         );
         let remote = vec!["uname".to_owned(), "-a".to_owned()];
         let full = ssh_command(&endpoint, Some(Path::new("/k/id")), known, &remote);
         assert_eq!(
-            &full[7..],
+            &full[9..],
             [
                 "-i",
                 "/k/id",
