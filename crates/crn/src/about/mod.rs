@@ -178,7 +178,8 @@ fn networking() -> Value {
 }
 
 /// An instance's network as clients read it: its addresses and the host ports
-/// forwarded to it (SSH always).
+/// forwarded to it by guest port (22 always, then those of its owner's
+/// `port-forwarding` aggregate): `{"22": {"host": 24000, "tcp": true, "udp": false}}`.
 fn instance_networking(status: &InstanceStatus) -> Value {
     let net = &status.record.net;
     json!({
@@ -187,9 +188,7 @@ fn instance_networking(status: &InstanceStatus) -> Value {
         "ipv4_ip": net.guest_ip.to_string(),
         "ipv6_network": null,
         "ipv6_ip": null,
-        "mapped_ports": {
-            crate::network::SSH_PORT.to_string(): {"host": status.record.ssh_port, "tcp": true, "udp": false},
-        },
+        "mapped_ports": status.record.port_mapping(),
     })
 }
 
@@ -302,5 +301,41 @@ mod tests {
         assert_eq!(usage["properties"]["cpu"]["architecture"], "x86_64");
         assert!(usage["gpu"]["devices"].is_array());
         assert_eq!(usage["active"], true);
+    }
+
+    #[test]
+    fn an_instance_lists_every_forwarded_port_with_its_host_port() {
+        let record = serde_json::from_value(json!({
+            "message": {"item_hash": "ab".repeat(32), "content": {
+                "address": "0xabc",
+                "rootfs": {"parent": {"ref": "cd".repeat(32)}, "size_mib": 4096},
+            }},
+            "parent": {"store_hash": "cd".repeat(32), "file_hash": "ef".repeat(32),
+                       "path": "/data/files/x", "size": 1},
+            "net": {"vm_id": "ab".repeat(32), "index": 3, "tap": "vmtap3",
+                    "host_ip": "172.16.3.1", "guest_ip": "172.16.3.2", "prefix": 24,
+                    "mac": "02:00:ac:10:03:02"},
+            "ssh_port": 24000,
+            "forwarded_ports": {"80": {"host": 24001, "tcp": true, "udp": false},
+                                "53": {"host": 24002, "tcp": false, "udp": true}},
+        }))
+        .unwrap();
+        let status = InstanceStatus {
+            item_hash: "ab".repeat(32),
+            record,
+            running: true,
+            started_at: None,
+            error: None,
+        };
+        let networking = instance_networking(&status);
+        assert_eq!(networking["ipv4_ip"], "172.16.3.2");
+        assert_eq!(
+            networking["mapped_ports"],
+            json!({
+                "22": {"host": 24000, "tcp": true, "udp": false},
+                "53": {"host": 24002, "tcp": false, "udp": true},
+                "80": {"host": 24001, "tcp": true, "udp": false},
+            })
+        );
     }
 }

@@ -6,15 +6,22 @@
 //! disk overlay and cloud-init seed ([`crate::instance`]), and the VM's own files (the
 //! driver's pidfile, sockets and console log). Persistent volumes live beside the
 //! programs' (`DATA/volumes/<owner>/<name>.ext4`) and outlive the instance until
-//! `erase`. The network (TAP, firewall rules, the SSH port forward) is set up at each
-//! start and torn down at each stop; nothing of it is touched before the first start,
-//! so a node that runs no instance never changes the host's network.
+//! `erase`. The network (TAP, firewall rules, port forwards) is set up at each start and
+//! torn down at each stop; nothing of it is touched before the first start, so a node
+//! that runs no instance never changes the host's network.
+//!
+//! Each instance gets 22/tcp forwarded from a host port, and the ports its owner lists
+//! in the `port-forwarding` aggregate ([`port_plan`]), read at each start and again
+//! while it runs ([`port_aggregate`]); a guest port keeps its host port while listed.
 //!
 //! The scheduler's allocation says which instances run here ([`crate::persistent`]
 //! calls [`Instances::reconcile`]); their owners stop, reboot, erase and reinstall them
 //! through `/control/machine/{ref}/...`.
 
 pub mod boot;
+pub mod port_aggregate;
+mod port_forwards;
+pub mod port_plan;
 pub mod record;
 
 use crate::error::ProgramError;
@@ -24,9 +31,7 @@ use crate::hypervisor::{
     VmSpec, VmStatus,
 };
 use crate::instance::{InstanceDisks, SeedConfig, SeedMount, create_overlay, write_seed};
-use crate::network::{
-    AddressPool, HostPorts, LoopbackRelay, NetworkConfig, Protocol, SSH_PORT, VmNet, VmNetwork,
-};
+use crate::network::{AddressPool, HostPorts, LoopbackRelay, NetworkConfig, VmNet, VmNetwork};
 use crate::persistent::backoff::{BackoffPolicy, Restarts};
 use crate::pool::Pool;
 use crate::pool::admission::{Amount, Reservation};
@@ -35,6 +40,8 @@ use crate::resources::program::Volume;
 use aleph_protocol::agent::VolumeFormat;
 use boot::BootPlan;
 use chrono::{DateTime, Utc};
+use port_aggregate::{AggregateReader, REREAD_INTERVAL, ReadSchedule};
+use port_forwards::Installed;
 use record::InstanceRecord;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -57,6 +64,8 @@ pub struct InstanceStatus {
 
 struct Running {
     vm: Arc<dyn RunningVm>,
+    /// Its owner, whose aggregate says what it forwards.
+    owner: String,
     started_at: DateTime<Utc>,
     _reservation: Option<Reservation>,
 }
@@ -69,6 +78,10 @@ struct State {
     starting: std::collections::HashSet<String>,
     restarts: HashMap<String, Restarts>,
     errors: HashMap<String, String>,
+    /// When the owners' `port-forwarding` aggregates are read again.
+    reads: ReadSchedule,
+    /// The entries of each instance's aggregate skipped, as last logged.
+    skipped_ports: HashMap<String, Vec<String>>,
 }
 
 pub struct Instances {
@@ -84,8 +97,10 @@ pub struct Instances {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Our nftables table and base chains exist, and forwarding is on.
     network_ready: tokio::sync::OnceCell<()>,
-    /// The SSH port reached from the node itself, per running instance.
-    relays: Mutex<HashMap<String, LoopbackRelay>>,
+    /// The tcp forwards reached from the node itself, per running instance and host
+    /// port.
+    relays: Mutex<HashMap<String, HashMap<u16, LoopbackRelay>>>,
+    aggregates: AggregateReader,
 }
 
 /// The folder of instance `hash`: short, because the VM's Unix sockets live in it.
@@ -122,6 +137,14 @@ impl Instances {
             if subnets.reserve(record.net.index).is_err() || !ports.reserve(record.ssh_port) {
                 tracing::warn!("instance {hash}: its address or port is taken twice");
             }
+            for (guest, mapped) in &record.forwarded_ports {
+                if mapped.host != record.ssh_port && !ports.reserve(mapped.host) {
+                    tracing::warn!(
+                        "instance {hash}: host port {} (guest port {guest}) is taken twice",
+                        mapped.host
+                    );
+                }
+            }
             if let Ok(vm) = hypervisor.adopt(&folder).await {
                 tracing::info!("instance {hash}: took back its VM (pid {})", vm.pid());
                 let reservation = pool.admission().reserve(demand(&record.message)).ok();
@@ -129,12 +152,14 @@ impl Instances {
                     hash,
                     Running {
                         vm: Arc::from(vm),
+                        owner: record.message.content.address.clone(),
                         started_at: Utc::now(),
                         _reservation: reservation,
                     },
                 );
             }
         }
+        let aggregates = AggregateReader::new(config.ccn_url());
         let instances = Arc::new(Self {
             volumes_dir: data_dir.join("volumes"),
             kernels_dir: boot::cache_dir(&data_dir),
@@ -150,40 +175,22 @@ impl Instances {
                 starting: Default::default(),
                 restarts: HashMap::new(),
                 errors: HashMap::new(),
+                reads: ReadSchedule::new(REREAD_INTERVAL),
+                skipped_ports: HashMap::new(),
             }),
             locks: Mutex::new(HashMap::new()),
             network_ready: tokio::sync::OnceCell::new(),
             relays: Mutex::new(HashMap::new()),
+            aggregates,
         });
+        // Their forwards are still in the firewall; the relays went with the process.
         let adopted: Vec<String> = instances.state().running.keys().cloned().collect();
         for hash in adopted {
             if let Some(record) = instances.record(&hash) {
-                instances.open_relay(&record).await;
+                instances.open_relays(&record).await;
             }
         }
         Ok(instances)
-    }
-
-    /// Relays the SSH port from the node's loopback (when configured); a port taken by
-    /// something else only costs that convenience.
-    async fn open_relay(&self, record: &InstanceRecord) {
-        if !self.network.config().loopback_relay {
-            return;
-        }
-        let hash = &record.message.item_hash;
-        let guest = std::net::SocketAddr::from((record.net.guest_ip, SSH_PORT));
-        match LoopbackRelay::bind(record.ssh_port, guest).await {
-            Ok(relay) => {
-                self.relays
-                    .lock()
-                    .expect("relays")
-                    .insert(hash.clone(), relay);
-            }
-            Err(e) => tracing::warn!(
-                "instance {hash}: cannot relay 127.0.0.1:{} to its SSH port: {e}",
-                record.ssh_port
-            ),
-        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -290,6 +297,7 @@ impl Instances {
                 tracing::info!("instance {hash}: restart in {delay:?}");
             }
         }
+        self.refresh_due_forwards();
         if !may_start {
             return;
         }
@@ -374,18 +382,20 @@ impl Instances {
             .setup(&hash, record.net.index)
             .await
             .map_err(|e| ProgramError::internal(format!("network: {e}")))?;
+        let owner = record.message.content.address.clone();
+        let wanted = self.wanted_ports_now(&record).await;
+        self.state().reads.done(&owner, Instant::now());
         let forwarded = self
-            .network
-            .add_forward(&net, Protocol::Tcp, record.ssh_port, SSH_PORT)
+            .apply_forwards(&mut record, &wanted, Installed::Unsure)
             .await;
         if let Err(e) = forwarded {
-            let _ = self.network.teardown(&net).await;
-            return Err(ProgramError::internal(format!("SSH port forward: {e}")));
+            self.unplug(&hash, &net).await;
+            return Err(e);
         }
         let vm = match self.hypervisor.start(&spec).await {
             Ok(vm) => vm,
             Err(e) => {
-                let _ = self.network.teardown(&net).await;
+                self.unplug(&hash, &net).await;
                 return Err(ProgramError::StartFailed {
                     error: e.to_string(),
                     traceback: None,
@@ -397,16 +407,24 @@ impl Instances {
             vm.pid(),
             record.ssh_port
         );
-        self.open_relay(&record).await;
         self.state().running.insert(
             hash,
             Running {
                 vm: Arc::from(vm),
+                owner,
                 started_at: Utc::now(),
                 _reservation: Some(reservation),
             },
         );
         Ok(())
+    }
+
+    /// Undoes a start's network (TAP, rules, forwards, relays) after it failed.
+    async fn unplug(&self, hash: &str, net: &VmNet) {
+        self.relays.lock().expect("relays").remove(hash);
+        if let Err(e) = self.network.teardown(net).await {
+            tracing::warn!("instance {hash}: network not torn down: {e}");
+        }
     }
 
     /// The record of a new instance: its message, parent image, subnet and port.
@@ -451,6 +469,7 @@ impl Instances {
             parent,
             ssh_port,
             held: false,
+            forwarded_ports: Default::default(),
         };
         if let Err(e) = record.save(folder) {
             let mut state = self.state();
@@ -646,11 +665,12 @@ impl Instances {
     }
 
     /// Stops `hash` and deletes its root disk and its persistent volumes; it stays
-    /// stopped (a reboot starts it again, from a fresh disk).
+    /// stopped (a reboot starts it again, from a fresh disk). Its forwarded ports but
+    /// SSH's go back to the pool (a reboot forwards them again, from new host ports).
     pub async fn erase(&self, hash: &str) -> Result<(), ProgramError> {
         let lock = self.lock(hash);
         let _one = lock.lock().await;
-        let record = self
+        let mut record = self
             .record(hash)
             .ok_or_else(|| ProgramError::NotFound(format!("no instance {hash} on this node")))?;
         self.stop(hash, "erased by its owner").await;
@@ -660,10 +680,15 @@ impl Instances {
                 remove_file(&self.persistent_volume(&record.message.content.address, name)?)?;
             }
         }
-        self.set_held(hash, true)
+        self.release_forwarded_ports(&mut record);
+        record.held = true;
+        record
+            .save(&self.folder(hash))
+            .map_err(ProgramError::internal)
     }
 
-    /// Stops `hash` and forgets it: folder (root disk, seed, record), address and port.
+    /// Stops `hash` and forgets it: folder (root disk, seed, record), address and host
+    /// ports.
     /// Persistent volumes stay (only `erase` deletes them).
     pub async fn delete(&self, hash: &str) -> Result<(), ProgramError> {
         let lock = self.lock(hash);
@@ -681,9 +706,12 @@ impl Instances {
             .map_err(|e| ProgramError::internal(format!("{}: {e}", folder.display())))?;
         let mut state = self.state();
         state.subnets.release(record.net.index);
-        state.ports.release(record.ssh_port);
+        for mapped in record.port_mapping().values() {
+            state.ports.release(mapped.host);
+        }
         state.restarts.remove(hash);
         state.errors.remove(hash);
+        state.skipped_ports.remove(hash);
         tracing::info!("instance {hash} deleted");
         Ok(())
     }
