@@ -44,6 +44,10 @@ pub fn router(pool: Arc<Pool>, instances: Arc<Instances>) -> Router {
             crate::control::ALLOCATIONS_PATH,
             axum::routing::post(crate::control::allocations),
         )
+        .route(
+            crate::control::notify::NOTIFY_PATH,
+            crate::control::notify::route(),
+        )
         .merge(crate::control::machine::router(
             pool.clone(),
             instances.clone(),

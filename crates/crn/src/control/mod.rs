@@ -10,6 +10,7 @@
 //! [`machine`]: the owner's `/control/machine/{ref}/stop|reboot|logs|…`, operator-signed.
 
 pub mod machine;
+pub mod notify;
 
 use crate::persistent::{ApplyError, Persistent};
 use aleph_protocol::auth::eip191_v1::{self, AuthError, ReplayGuard, Verified};
