@@ -1,4 +1,7 @@
-//! placeholder
+//! The Compute Resource Node: programs on demand and persistent ([`pool`],
+//! [`persistent`]), instances ([`instances`], their disks in [`instance`] and network in
+//! [`network`]), what they are made from ([`resources`], [`images`]), the hypervisor
+//! drivers ([`hypervisor`]) and the guest channel ([`channel`]), served by [`api`].
 pub mod about;
 pub mod api;
 pub mod channel;

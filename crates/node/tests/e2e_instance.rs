@@ -4,8 +4,10 @@
 //! devnet's Debian 12 root filesystem with a persistent volume; the owner logs in over
 //! SSH through the CRN's port forward, writes to the volume, reboots the instance with a
 //! signed owner request, finds the file again, and deletes the instance, after which its
-//! TAP device, firewall rules, root disk and seed are gone. On the way: the instance
-//! cannot reach a service of its host, and another wallet's owner request is refused.
+//! TAP device, firewall rules, root disk and seed are gone. On the way: a port the owner's
+//! `port-forwarding` aggregate names is forwarded (and keeps its host port across the
+//! reboot), the instance cannot reach a service of its host, another wallet's owner
+//! request is refused, and the owner reads its console.
 //!
 //! Prints the time from `instance create` to a working SSH login, and from the reboot
 //! to the next one (docs/benchmarks.md).
@@ -350,6 +352,48 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
         text(&written)
     );
 
+    // The owner's `port-forwarding` aggregate adds a forward to a guest service.
+    let forwards =
+        format!(r#"{{"{hash}": {{"ports": {{"8080": {{"tcp": true, "udp": false}}}}}}}}"#);
+    let posted = aleph(
+        &namespaces.crn,
+        &info,
+        0,
+        &["aggregate", "post", "port-forwarding", &forwards],
+    );
+    assert!(posted.status.success(), "aggregate: {}", text(&posted));
+    let serving = ssh(
+        &namespaces.owner,
+        &key,
+        port,
+        "cd /tmp && echo forwarded > index.html && (setsid python3 -m http.server 8080 >/dev/null 2>&1 &)",
+    );
+    assert!(
+        serving.status.success(),
+        "guest web server: {}",
+        text(&serving)
+    );
+    let web_port = wait_for_mapped_port(&namespaces.crn, &hash, "8080");
+    let fetch = format!(
+        "import urllib.request;print(urllib.request.urlopen('http://{CRN_SIDE}:{web_port}/index.html', timeout=10).read().decode())"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let fetched = Namespaces::command(&namespaces.owner, Path::new("python3"))
+            .args(["-c", &fetch])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&fetched.stdout).contains("forwarded") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's port 8080 not reached through host port {web_port}: {}",
+            text(&fetched)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
     // Isolation: a service on the host, reachable from outside, is not from the VM.
     let service = Killed(
         Namespaces::command(&namespaces.crn, Path::new("python3"))
@@ -406,16 +450,76 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
     eprintln!("reboot → SSH login: {second_login:.1?}");
     let proof = ssh(&namespaces.owner, &key, port, "cat /data/proof");
     assert_eq!(
+        wait_for_mapped_port(&namespaces.crn, &hash, "8080"),
+        web_port,
+        "a forward keeps its host port across a reboot"
+    );
+    assert_eq!(
         String::from_utf8_lossy(&proof.stdout).trim(),
         "kept-across-reboots",
         "{}",
         text(&proof)
     );
 
+    // Its console, as its owner reads it.
+    let logs = aleph(&namespaces.crn, &info, 0, &["instance", "logs", &hash]);
+    assert!(
+        logs.status.success() && String::from_utf8_lossy(&logs.stdout).contains("login:"),
+        "logs: {}",
+        text(&logs)
+    );
+
+    // Reinstall: a fresh root disk from the parent image; the volume is kept.
+    let marked = ssh(
+        &namespaces.owner,
+        &key,
+        port,
+        "touch /root/on-the-old-disk && sync",
+    );
+    assert!(marked.status.success(), "{}", text(&marked));
+    let reinstall = aleph(&namespaces.crn, &info, 0, &["instance", "reinstall", &hash]);
+    assert!(
+        reinstall.status.success(),
+        "reinstall: {}",
+        text(&reinstall)
+    );
+    wait_for_login(&namespaces.owner, &key, port);
+    let fresh = ssh(
+        &namespaces.owner,
+        &key,
+        port,
+        "test ! -e /root/on-the-old-disk && cat /data/proof",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fresh.stdout).trim(),
+        "kept-across-reboots",
+        "after reinstall: {}",
+        text(&fresh)
+    );
+
+    // Erase: stopped, its root disk and its persistent volume deleted.
+    let folder = dir.path().join("net/crn-1/instances").join(&hash[..16]);
+    let volumes = dir.path().join("net/crn-1/volumes");
+    assert!(
+        volume_files(&volumes) == 1,
+        "the persistent volume is on the CRN"
+    );
+    let erase = aleph(&namespaces.crn, &info, 0, &["instance", "erase", &hash]);
+    assert!(erase.status.success(), "erase: {}", text(&erase));
+    assert!(
+        !folder.join("rootfs.qcow2").exists(),
+        "root disk left after erase"
+    );
+    assert_eq!(
+        volume_files(&volumes),
+        0,
+        "persistent volume left after erase"
+    );
+    assert_eq!(crn_listing(&namespaces.crn, &hash)["running"], false);
+
     // Delete: everything of it on the CRN goes.
     let deleted = aleph(&namespaces.crn, &info, 0, &["instance", "delete", &hash]);
     assert!(deleted.status.success(), "delete: {}", text(&deleted));
-    let folder = dir.path().join("net/crn-1/instances").join(&hash[..16]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let rules = Command::new("ip")
@@ -456,6 +560,36 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
     );
     drop(devnet);
     drop(namespaces);
+}
+
+/// How many volume files the CRN keeps under `dir` (one folder per owner).
+fn volume_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|owners| {
+            owners
+                .flatten()
+                .filter_map(|owner| std::fs::read_dir(owner.path()).ok())
+                .map(|files| files.flatten().count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The host port the CRN lists for `guest_port` of the instance, once it does (the
+/// aggregate is read again every 30 s).
+fn wait_for_mapped_port(ns: &str, hash: &str, guest_port: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let listing = crn_listing(ns, hash);
+        if let Some(host) = listing["networking"]["mapped_ports"][guest_port]["host"].as_u64() {
+            return host;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {guest_port} never forwarded: {listing}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The instance's entry in the CRN's `/v2/about/executions/list`, read from inside the

@@ -3,7 +3,8 @@
 //! - `* /vm/{ref}[/{path}]` and `* /{path}` on host `{base32(hash)}.{domain}`: the program's app
 //! - `/about/usage/system`, `/about/executions/list`, `/v2/about/executions/list`,
 //!   `/about/executions/records`, `/about/capability`, `/status/config`, `/status/check/fastapi`
-//! - `/control/allocations` (scheduler), `/control/machine/{ref}/…` (owner: [`crate::control::machine`])
+//! - `/control/allocations` (scheduler), `/control/allocation/notify` (official clients,
+//!   [`crate::control::notify`]), `/control/machine/{ref}/…` (owner: [`crate::control::machine`])
 //!
 //! Errors are `{"error": ...}` (with `traceback` when an app failed to start); every
 //! response carries `Server: aleph-crn/<version>`.

@@ -244,16 +244,6 @@ impl OwnerControls {
         })
     }
 
-    /// The running execution of program `reference` (what `stream_logs` follows).
-    fn running(&self, reference: &str) -> Result<Arc<Execution>, ControlError> {
-        match self.target(reference)? {
-            Target::Program(execution) => Ok(execution),
-            Target::Instance { .. } => Err(ControlError::NotImplemented(
-                "stream_logs of an instance (use logs: its console)",
-            )),
-        }
-    }
-
     /// Whether the verified wallet is the VM's owner or delegated by its owner.
     async fn check_owner(&self, owner: &str, verified: &Verified) -> Result<(), ControlError> {
         // The owner needs no aggregate: spare the CCN the question.
@@ -272,7 +262,7 @@ impl OwnerControls {
         first: &str,
         domain: &str,
         path: &str,
-        execution: &Execution,
+        owner: &str,
     ) -> Result<(), ControlError> {
         let packet: AuthPacket =
             serde_json::from_str(first).map_err(|e| OperatorAuthError::Malformed {
@@ -289,8 +279,7 @@ impl OwnerControls {
             now,
         )?;
         self.replays.check(&verified, now)?;
-        self.check_owner(&execution.program.content.address, &verified)
-            .await
+        self.check_owner(owner, &verified).await
     }
 
     /// Serves an upgraded `stream_logs` socket: its authentication, then the log lines
@@ -298,7 +287,7 @@ impl OwnerControls {
     async fn stream_logs(
         &self,
         mut socket: WebSocket,
-        execution: Arc<Execution>,
+        target: Target,
         domain: String,
         path: String,
     ) {
@@ -313,7 +302,7 @@ impl OwnerControls {
             }
         };
         if let Err(e) = self
-            .authorize_socket(&first, &domain, &path, &execution)
+            .authorize_socket(&first, &domain, &path, target.owner())
             .await
         {
             let _ = send_json(&mut socket, &failed(&e.to_string())).await;
@@ -326,6 +315,10 @@ impl OwnerControls {
         {
             return;
         }
+        let execution = match target {
+            Target::Program(execution) => execution,
+            Target::Instance { hash, .. } => return self.follow_console(socket, &hash).await,
+        };
         let lines = match execution.channel().logs().await {
             Ok(lines) => lines,
             Err(e) => {
@@ -351,6 +344,36 @@ impl OwnerControls {
                 incoming = socket.recv() => match incoming {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                     // Pings are answered by axum; anything else is ignored.
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        let _ = send_json(&mut socket, &system_line("the VM stopped")).await;
+        let _ = socket.send(Message::Close(None)).await;
+    }
+
+    /// Streams an instance's console (it has no agent): the end of what it printed so
+    /// far, then each new line, until its VM stops or the client goes.
+    async fn follow_console(&self, mut socket: WebSocket, hash: &str) {
+        let path = self.instances.folder(hash).join("serial.log");
+        let mut console = ConsoleFollower::new(path, MAX_LOG_BYTES);
+        let mut tick = tokio::time::interval(CONSOLE_POLL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for line in console.new_lines().await {
+                        for entry in console_entries(&line) {
+                            if send_json(&mut socket, &json!(entry)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if !self.instances.is_running(hash) {
+                        break;
+                    }
+                }
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                     Some(Ok(_)) => {}
                 },
             }
@@ -433,6 +456,76 @@ pub fn console_entries(console: &str) -> Vec<LogEntry> {
             message: line.to_owned(),
         })
         .collect()
+}
+
+/// How often an instance's console is looked at for new lines.
+const CONSOLE_POLL: Duration = Duration::from_millis(250);
+
+/// Reads the lines appended to a console file since the last look: first its last
+/// `backlog` bytes (from a whole line), then what follows. A file that shrinks (a new
+/// VM start truncates it) is read again from its start.
+struct ConsoleFollower {
+    path: std::path::PathBuf,
+    offset: Option<u64>,
+    backlog: u64,
+    partial: Vec<u8>,
+}
+
+impl ConsoleFollower {
+    fn new(path: std::path::PathBuf, backlog: u64) -> Self {
+        Self {
+            path,
+            offset: None,
+            backlog,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Whole lines added since the last call (a line still being written waits).
+    async fn new_lines(&mut self) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Ok(mut file) = tokio::fs::File::open(&self.path).await else {
+            return Vec::new();
+        };
+        let Ok(len) = file.metadata().await.map(|m| m.len()) else {
+            return Vec::new();
+        };
+        let first_look = self.offset.is_none();
+        let mut start = self
+            .offset
+            .unwrap_or_else(|| len.saturating_sub(self.backlog));
+        if start > len {
+            start = 0;
+            self.partial.clear();
+        }
+        if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+            return Vec::new();
+        }
+        let mut bytes = Vec::new();
+        if file
+            .take(len - start)
+            .read_to_end(&mut bytes)
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        self.offset = Some(start + bytes.len() as u64);
+        if first_look && start > 0 {
+            // The backlog's first line was cut: drop it.
+            let cut = bytes.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+            bytes.drain(..cut);
+        }
+        self.partial.extend_from_slice(&bytes);
+        let Some(last_newline) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
+        String::from_utf8_lossy(&complete)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// The last [`MAX_LOG_BYTES`] of a file, from the first whole line.
@@ -576,11 +669,11 @@ async fn stream_logs(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ControlError> {
-    let execution = controls.running(&reference)?;
+    let target = controls.target(&reference)?;
     let domain = controls.domain(&uri, &headers);
     let path = uri.path().to_owned();
     Ok(upgrade.on_upgrade(move |socket| async move {
-        controls.stream_logs(socket, execution, domain, path).await
+        controls.stream_logs(socket, target, domain, path).await
     }))
 }
 
@@ -664,5 +757,26 @@ mod tests {
         let read = tail(&path).await.unwrap();
         assert!(read.starts_with("line\n"));
         assert!(read.len() as u64 <= MAX_LOG_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_console_is_followed_line_by_line_from_its_recent_end() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, "old line cut here\nboot 1\nboot 2\npartial").unwrap();
+        // A backlog that starts inside the first line drops that line.
+        let mut follower = ConsoleFollower::new(path.clone(), 22);
+        assert_eq!(follower.new_lines().await, ["boot 1", "boot 2"]);
+        assert!(follower.new_lines().await.is_empty());
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b" done\nlogin: \n").unwrap();
+        assert_eq!(follower.new_lines().await, ["partial done", "login: "]);
+        // A new VM start truncates the file: read again from the start.
+        std::fs::write(&path, "again\n").unwrap();
+        assert_eq!(follower.new_lines().await, ["again"]);
     }
 }

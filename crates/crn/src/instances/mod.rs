@@ -324,10 +324,13 @@ impl Instances {
     }
 
     /// Starts instance `hash` (created on its first start); returns once its VM runs.
+    /// One its owner stopped or erased stays stopped: only `reboot` and `reinstall`
+    /// (which release it first) start it again, whatever start was queued meanwhile.
     pub async fn start(&self, hash: &str) -> Result<(), ProgramError> {
         let lock = self.lock(hash);
         let _one = lock.lock().await;
-        if self.is_running(hash) {
+        let held = self.record(hash).is_some_and(|r| r.held);
+        if held || self.is_running(hash) {
             self.state().starting.remove(hash);
             return Ok(());
         }
@@ -359,10 +362,6 @@ impl Instances {
             Some(record) => record,
             None => self.create(&hash, &folder).await?,
         };
-        if record.held {
-            record.held = false;
-            record.save(&folder).map_err(ProgramError::internal)?;
-        }
         let reservation = self
             .pool
             .admission()
