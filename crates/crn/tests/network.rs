@@ -14,6 +14,9 @@
 //! A TAP carries traffic only while a VM holds it, so the traffic checks plug veth
 //! pairs, named like TAPs, into the same firewall rules; the library's TAP path is
 //! checked on the real TAPs (devices, addresses, rules, teardown).
+//!
+//! The IPv6 case has the same layout with a unique local pool (`fd00:a1e::/64`, a /124
+//! per VM) and the uplink on `fd99::/64`.
 
 use aleph_crn::network::{
     Firewall, NetworkConfig, PortForward, Protocol, VmNet, VmNetwork, enable_ipv4_forwarding,
@@ -209,6 +212,20 @@ fn interfaces(host: &Netns) -> Vec<(String, bool, Vec<String>)> {
                 addresses,
             )
         })
+        .collect()
+}
+
+/// The global IPv6 addresses of `name`, with prefix, from `ip -j addr`.
+fn global_ipv6_addresses(netns: &Netns, name: &str) -> Vec<String> {
+    let links: Value =
+        serde_json::from_str(&netns.ip(&["-j", "-6", "addr", "show", "dev", name])).unwrap();
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
         .collect()
 }
 
@@ -572,4 +589,212 @@ fn without_an_uplink_vms_leave_by_any_interface_but_their_own() {
     host.block_on(|| async { network.teardown(&vm).await.unwrap() });
     assert!(listed_rules(&host).is_empty());
     assert_eq!(interface(&host, "vmac100000"), None);
+}
+
+fn config_v6() -> NetworkConfig {
+    NetworkConfig {
+        uplink: Some("uplink0".to_string()),
+        ipv6_pool: Some(("fd00:a1e::".parse().unwrap(), 64)),
+        ..NetworkConfig::default()
+    }
+}
+
+#[test]
+fn ipv6_vms_leave_by_nat66_and_stay_isolated() {
+    if let Some(reason) = missing_prerequisite() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        eprintln!("skipped: IPv6 is disabled on this host");
+        return;
+    }
+    remove_stale_namespaces();
+    let prefix = format!("aleph-nettest-{}-v6", std::process::id());
+    let host = Netns::create(prefix.clone());
+    let out = Netns::create(format!("{prefix}-out"));
+    let vm_c = Netns::create(format!("{prefix}-c"));
+    let vm_d = Netns::create(format!("{prefix}-d"));
+    let host_forwarding =
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap();
+
+    host.ip(&[
+        "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", &out.name,
+    ]);
+    // No duplicate address detection: the addresses are usable at once.
+    host.ip(&["addr", "add", "fd99::1/64", "dev", "uplink0", "nodad"]);
+    host.ip(&["link", "set", "uplink0", "up"]);
+    out.ip(&["addr", "add", "fd99::2/64", "dev", "eth0", "nodad"]);
+    out.ip(&["link", "set", "eth0", "up"]);
+
+    let network = VmNetwork::new(config_v6()).unwrap();
+
+    // One VM on a real TAP, through the library's whole path.
+    let a = host.block_on(|| async {
+        network.enable_forwarding().unwrap();
+        network.ensure_base().await.unwrap();
+        let a = network.setup(VM_A, 1).await.unwrap();
+        // Again (re-adoption): set up once.
+        assert_eq!(network.setup(VM_A, 1).await.unwrap(), a);
+        a
+    });
+    assert_eq!(
+        host.exec("cat", &["/proc/sys/net/ipv6/conf/all/forwarding"])
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap(),
+        host_forwarding,
+        "the host's own setting is untouched"
+    );
+    let a_v6 = a.ipv6.expect("an IPv6 side");
+    assert_eq!(a_v6.guest_ip.to_string(), "fd00:a1e::12");
+    assert_eq!(
+        global_ipv6_addresses(&host, "vmac100100"),
+        ["fd00:a1e::11/124"]
+    );
+    assert_eq!(
+        interface(&host, "vmac100100"),
+        Some((true, vec!["172.16.1.1/24".to_string()]))
+    );
+    let listed = listed_rules(&host);
+    let count = |chain: &str| {
+        rules_of(&listed, VM_A)
+            .iter()
+            .filter(|(c, _)| c == chain)
+            .count()
+    };
+    // Input: replies, neighbour discovery, drop. Forward: the IPv4 six and the IPv6
+    // pool drop. Postrouting: masquerade for each family.
+    assert_eq!(
+        (count("input"), count("forward"), count("postrouting")),
+        (3, 7, 2),
+        "{listed:#?}"
+    );
+    let ruleset = host.exec("nft", &["list", "ruleset"]);
+    for expected in [
+        "ip6 saddr fd00:a1e::10/124 oifname \"uplink0\" masquerade",
+        "ip6 daddr fd00:a1e::/64 drop",
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
+    ] {
+        assert!(ruleset.contains(expected), "{expected} in {ruleset}");
+    }
+
+    ipv6_traffic_is_masqueraded_and_isolated(&host, &out, &vm_c, &vm_d, &network);
+
+    // Everything goes: the TAP with its addresses, the rules, our table.
+    host.block_on(|| async { network.teardown(&a).await.unwrap() });
+    assert_eq!(interface(&host, "vmac100100"), None);
+    assert!(listed_rules(&host).is_empty());
+    let removed = host.block_on(|| async { network.firewall().teardown().await.unwrap() });
+    assert!(removed);
+    assert_eq!(host.exec("nft", &["list", "ruleset"]).trim(), "");
+}
+
+/// IPv6 traffic through veth pairs standing in for TAPs (IPv6 side only).
+fn ipv6_traffic_is_masqueraded_and_isolated(
+    host: &Netns,
+    out: &Netns,
+    vm_c: &Netns,
+    vm_d: &Netns,
+    network: &VmNetwork,
+) {
+    let c = network.vm_net(VM_C, 5).unwrap();
+    let d = network.vm_net(VM_D, 6).unwrap();
+    for (vm, guest) in [(&c, vm_c), (&d, vm_d)] {
+        let v6 = vm.ipv6.unwrap();
+        host.ip(&[
+            "link",
+            "add",
+            &vm.tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &guest.name,
+        ]);
+        guest.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", v6.guest_ip, v6.prefix),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        guest.ip(&["link", "set", "eth0", "up"]);
+        guest.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &v6.host_ip.to_string(),
+        ]);
+    }
+    host.block_on(|| async {
+        for vm in [&c, &d] {
+            let v6 = vm.ipv6.unwrap();
+            tap::configure_host_side(&vm.tap, vm.host_ip, vm.prefix)
+                .await
+                .unwrap();
+            tap::configure_host_side_v6(&vm.tap, v6.host_ip, v6.prefix)
+                .await
+                .unwrap();
+            network.firewall().add_vm(vm).await.unwrap();
+        }
+    });
+    let wait = Duration::from_secs(3);
+    let c_gateway = c.ipv6.unwrap().host_ip;
+    let d_guest = d.ipv6.unwrap().guest_ip;
+    assert_eq!(d_guest.to_string(), "fd00:a1e::62");
+
+    // Out to the world, masqueraded behind the uplink's address (NAT66).
+    let seen = serve_once(out, "[fd99::2]:8080", || {
+        assert!(
+            connect(vm_c, "[fd99::2]:8080", wait),
+            "the VM reaches the outside over IPv6"
+        );
+    });
+    assert_eq!(
+        seen.map(|peer| peer.ip().to_string()),
+        Some("fd99::1".to_string())
+    );
+
+    // Never into another VM's IPv6 address, although the host reaches it.
+    let d_address = format!("[{d_guest}]:8080");
+    let seen = serve_once(vm_d, &d_address, || {
+        assert!(
+            !connect(vm_c, &d_address, wait),
+            "VM c must not reach VM d over IPv6"
+        );
+        assert!(connect(host, &d_address, wait), "the host reaches VM d");
+    });
+    assert!(seen.is_some());
+
+    // Never to the host's own services over IPv6.
+    let seen = serve_once(host, "[::]:9090", || {
+        assert!(
+            !connect(vm_c, &format!("[{c_gateway}]:9090"), wait),
+            "the IPv6 gateway address is closed"
+        );
+        assert!(
+            !connect(vm_c, "[fd99::1]:9090", wait),
+            "the uplink's IPv6 address is closed"
+        );
+        assert!(
+            connect(out, "[fd99::1]:9090", wait),
+            "the service itself is up"
+        );
+    });
+    assert!(seen.is_some());
+
+    let removed = host.block_on(|| async {
+        let c = network.firewall().remove_vm(VM_C).await.unwrap();
+        let d = network.firewall().remove_vm(VM_D).await.unwrap();
+        (c, d)
+    });
+    assert_eq!(removed, (12, 12));
 }

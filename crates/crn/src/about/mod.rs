@@ -177,17 +177,18 @@ fn networking() -> Value {
     })
 }
 
-/// An instance's network as clients read it: its addresses and the host ports
-/// forwarded to it by guest port (22 always, then those of its owner's
-/// `port-forwarding` aggregate): `{"22": {"host": 24000, "tcp": true, "udp": false}}`.
+/// An instance's network as clients read it: its addresses (IPv6 ones `null` where
+/// the node has no IPv6 pool) and the host ports forwarded to it by guest port (22
+/// always, then those of its owner's `port-forwarding` aggregate):
+/// `{"22": {"host": 24000, "tcp": true, "udp": false}}`.
 fn instance_networking(status: &InstanceStatus) -> Value {
     let net = &status.record.net;
     json!({
         "ipv4_network": format!("{}/{}", net.network(), net.prefix),
         "host_ipv4": null,
         "ipv4_ip": net.guest_ip.to_string(),
-        "ipv6_network": null,
-        "ipv6_ip": null,
+        "ipv6_network": net.ipv6.map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
+        "ipv6_ip": net.ipv6.map(|v6| v6.guest_ip.to_string()),
         "mapped_ports": status.record.port_mapping(),
     })
 }
@@ -329,6 +330,18 @@ mod tests {
         };
         let networking = instance_networking(&status);
         assert_eq!(networking["ipv4_ip"], "172.16.3.2");
+        assert_eq!(networking["ipv6_network"], Value::Null);
+        assert_eq!(networking["ipv6_ip"], Value::Null);
+        // Where the node has an IPv6 pool.
+        let mut with_v6 = status.clone();
+        with_v6.record.net.ipv6 = Some(crate::network::VmNetV6 {
+            host_ip: "fd00:a1e::31".parse().unwrap(),
+            guest_ip: "fd00:a1e::32".parse().unwrap(),
+            prefix: 124,
+        });
+        let networking_v6 = instance_networking(&with_v6);
+        assert_eq!(networking_v6["ipv6_network"], "fd00:a1e::30/124");
+        assert_eq!(networking_v6["ipv6_ip"], "fd00:a1e::32");
         assert_eq!(
             networking["mapped_ports"],
             json!({

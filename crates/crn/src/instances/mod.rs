@@ -130,7 +130,7 @@ impl Instances {
         let mut running = HashMap::new();
         for entry in std::fs::read_dir(&root)?.flatten() {
             let folder = entry.path();
-            let Some(record) = InstanceRecord::load(&folder) else {
+            let Some(mut record) = InstanceRecord::load(&folder) else {
                 continue;
             };
             let hash = record.message.item_hash.clone();
@@ -157,6 +157,8 @@ impl Instances {
                         _reservation: reservation,
                     },
                 );
+            } else {
+                follow_ipv6_setting(&network, &mut record, &folder);
             }
         }
         let aggregates = AggregateReader::new(config.ccn_url());
@@ -371,7 +373,7 @@ impl Instances {
 
         self.network_ready
             .get_or_try_init(|| async {
-                crate::network::enable_ipv4_forwarding()?;
+                self.network.enable_forwarding()?;
                 self.network.ensure_base().await
             })
             .await
@@ -462,8 +464,17 @@ impl Instances {
                 }
             }
         };
+        let net = match self.network.vm_net(hash, subnet.index) {
+            Ok(net) => net,
+            Err(e) => {
+                let mut state = self.state();
+                state.subnets.release(subnet.index);
+                state.ports.release(ssh_port);
+                return Err(ProgramError::internal(format!("network: {e}")));
+            }
+        };
         let record = InstanceRecord {
-            net: VmNet::from_subnet(hash, &subnet),
+            net,
             message,
             parent,
             ssh_port,
@@ -771,14 +782,31 @@ fn check_supported(message: &InstanceMessage) -> Result<(), ProgramError> {
     Ok(())
 }
 
+/// A stopped instance's IPv6 side as the node's configuration has it now (an IPv6
+/// pool added or removed since it was made), so that its next start gives the guest
+/// the same addresses the host sets up. A running one keeps what it runs with.
+fn follow_ipv6_setting(network: &VmNetwork, record: &mut InstanceRecord, folder: &Path) {
+    let hash = record.message.item_hash.clone();
+    match network.vm_net(&hash, record.net.index) {
+        Ok(net) if net.ipv6 != record.net.ipv6 => {
+            record.net.ipv6 = net.ipv6;
+            if let Err(e) = record.save(folder) {
+                tracing::warn!("instance {hash}: IPv6 setting not saved: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("instance {hash}: no IPv6 side: {e}"),
+    }
+}
+
 fn static_network(net: &VmNet) -> crate::instance::StaticNetwork {
-    use crate::instance::{Ipv4Cidr, StaticNetwork};
+    use crate::instance::{Ipv4Cidr, Ipv6Cidr, StaticNetwork};
     StaticNetwork {
         mac: net.mac.clone(),
         ipv4: Ipv4Cidr::new(net.guest_ip, net.prefix),
         gateway_v4: net.host_ip,
-        ipv6: None,
-        gateway_v6: None,
+        ipv6: net.ipv6.map(|v6| Ipv6Cidr::new(v6.guest_ip, v6.prefix)),
+        gateway_v6: net.ipv6.map(|v6| v6.host_ip),
         // The host's resolver is not reachable from VMs (they are kept off the host's
         // services); a public one is.
         nameservers: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(9, 9, 9, 9))],

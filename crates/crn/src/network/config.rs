@@ -2,7 +2,7 @@
 //! forward to them, and the name of our nftables table.
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -11,6 +11,13 @@ pub struct NetworkConfig {
     pub ipv4_pool: (Ipv4Addr, u8),
     /// Prefix length of one VM's subnet (host `.1`, guest `.2`); at most 30.
     pub vm_prefix: u8,
+    /// The range every VM's IPv6 subnet is cut from; `None` (the default) gives VMs no
+    /// IPv6. A ULA range (`fc00::/7`) is masqueraded behind the host (NAT66); any other
+    /// is routed, so the host's uplink must have it routed to it.
+    pub ipv6_pool: Option<(Ipv6Addr, u8)>,
+    /// Prefix length of one VM's IPv6 subnet (host `::1`, guest `::2`); at most 126.
+    /// VM `i` gets the `i`-th such subnet, `i` being its IPv4 subnet's index.
+    pub vm_prefix_v6: u8,
     /// The interface VM traffic leaves by (masquerade, forward filter); `None` lets it
     /// leave by any interface other than the VM's own TAP.
     pub uplink: Option<String>,
@@ -28,6 +35,8 @@ impl Default for NetworkConfig {
         Self {
             ipv4_pool: (Ipv4Addr::new(172, 16, 0, 0), 12),
             vm_prefix: 24,
+            ipv6_pool: None,
+            vm_prefix_v6: 124,
             uplink: None,
             port_range: (24000, 28000),
             table: "aleph".to_string(),

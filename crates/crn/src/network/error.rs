@@ -1,6 +1,6 @@
 //! What can go wrong wiring a VM to the network.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -10,6 +10,13 @@ pub enum NetworkError {
         prefix: u8,
         vm_prefix: u8,
         reason: &'static str,
+    },
+    #[error("invalid IPv6 pool {network}/{prefix} with /{vm_prefix} per VM: {reason}")]
+    InvalidPoolV6 {
+        network: Ipv6Addr,
+        prefix: u8,
+        vm_prefix: u8,
+        reason: String,
     },
     #[error("the address pool is exhausted: all {capacity} VM subnets are in use")]
     PoolExhausted { capacity: u32 },

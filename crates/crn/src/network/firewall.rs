@@ -11,7 +11,7 @@ use super::error::{NetworkError, Result};
 use super::rules::{self, PortForward, Protocol};
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables, Rule};
 use nftables::types::NfFamily;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -31,6 +31,7 @@ pub struct ListedRule {
 pub struct Firewall {
     table: String,
     pool: (Ipv4Addr, u8),
+    pool_v6: Option<(Ipv6Addr, u8)>,
     uplink: Option<String>,
 }
 
@@ -39,6 +40,7 @@ impl Firewall {
         Self {
             table: config.table.clone(),
             pool: config.ipv4_pool,
+            pool_v6: config.ipv6_pool,
             uplink: config.uplink.clone(),
         }
     }
@@ -57,14 +59,26 @@ impl Firewall {
     }
 
     /// Installs the VM's filter and NAT rules, replacing any it had (its port forwards
-    /// stay).
+    /// stay). A VM with an IPv6 side needs an IPv6 pool to be closed off from.
     pub async fn add_vm(&self, vm: &VmNet) -> Result<()> {
+        if vm.ipv6.is_some() && self.pool_v6.is_none() {
+            return Err(NetworkError::Nft {
+                action: format!("add the rules of VM {}", vm.vm_id),
+                detail: "it has an IPv6 address but no IPv6 pool is configured".into(),
+            });
+        }
         let tag = rules::vm_tag(&vm.vm_id);
         let mut commands = self.delete_where(|comment| comment == tag).await?;
         commands.extend(
-            rules::vm_rules(&self.table, self.pool, self.uplink.as_deref(), vm)
-                .into_iter()
-                .map(NfCmd::Add),
+            rules::vm_rules(
+                &self.table,
+                self.pool,
+                self.pool_v6,
+                self.uplink.as_deref(),
+                vm,
+            )
+            .into_iter()
+            .map(NfCmd::Add),
         );
         apply(&format!("add the rules of VM {}", vm.vm_id), commands).await
     }

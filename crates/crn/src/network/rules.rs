@@ -6,9 +6,10 @@
 //! or subnet, so VMs' rules never interfere whatever their order in a chain.
 
 use super::VmNet;
+use super::pool_v6::is_unique_local;
 use nftables::expr::{
     CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix,
+    Prefix, SetItem,
 };
 use nftables::schema::{Chain, NfListObject, Rule, Table};
 use nftables::stmt::{Match, NAT, NATFamily, Operator, Statement};
@@ -16,7 +17,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Our base chains: name, type, hook, priority.
 pub const BASE_CHAINS: [(&str, NfChainType, NfHook, i32); 4] = [
@@ -135,9 +136,17 @@ pub fn base(table: &str) -> Vec<NfListObject<'static>> {
 /// * forward, from the TAP: never into the pool (other VMs), else out by the uplink
 ///   (by anything but the TAP itself when no uplink is set);
 /// * postrouting: masquerade the VM's subnet on the way out.
+///
+/// Where the VM has an IPv6 side, the same for IPv6 (the filter rules that match by
+/// interface already hold for both families): neighbour discovery from the TAP is let
+/// in (the guest must resolve its gateway), the IPv6 pool `pool_v6` is closed to it
+/// like the IPv4 one, and its IPv6 subnet is masqueraded (NAT66) only when the pool is
+/// unique local; a routed pool's addresses leave as they are. Either way nothing new
+/// comes in from outside but port forwards, as for IPv4.
 pub fn vm_rules(
     table: &str,
     pool: (Ipv4Addr, u8),
+    pool_v6: Option<(Ipv6Addr, u8)>,
     uplink: Option<&str>,
     vm: &VmNet,
 ) -> Vec<NfListObject<'static>> {
@@ -156,15 +165,32 @@ pub fn vm_rules(
     let accept = || Statement::Accept(None);
     let drop = || Statement::Drop(None);
 
-    let mut rules = vec![
-        rule(
+    // The IPv6 side and the pool it is closed off from.
+    let v6 = vm.ipv6.zip(pool_v6);
+
+    let mut rules = vec![rule(
+        "input",
+        vec![
+            iifname(tap),
+            ct_in("state", &["established", "related"]),
+            accept(),
+        ],
+    )];
+    if v6.is_some() {
+        rules.push(rule(
             "input",
             vec![
                 iifname(tap),
-                ct_in("state", &["established", "related"]),
+                compare(
+                    payload("icmpv6", "type"),
+                    Operator::EQ,
+                    set(&["nd-neighbor-solicit", "nd-neighbor-advert"]),
+                ),
                 accept(),
             ],
-        ),
+        ));
+    }
+    rules.extend([
         rule("input", vec![iifname(tap), drop()]),
         rule(
             "forward",
@@ -183,7 +209,13 @@ pub fn vm_rules(
             "forward",
             vec![iifname(tap), ip_field_in("daddr", pool), drop()],
         ),
-    ];
+    ]);
+    if let Some((_, pool_v6)) = v6 {
+        rules.push(rule(
+            "forward",
+            vec![iifname(tap), ip6_field_in("daddr", pool_v6), drop()],
+        ));
+    }
     let masquerade_out = match uplink {
         Some(uplink) => {
             rules.push(rule(
@@ -202,10 +234,22 @@ pub fn vm_rules(
         "postrouting",
         vec![
             ip_field_in("saddr", (vm.network(), vm.prefix)),
-            masquerade_out,
+            masquerade_out.clone(),
             Statement::Masquerade(None),
         ],
     ));
+    if let Some((vm_v6, (pool_network, pool_prefix))) = v6
+        && is_unique_local(pool_network, pool_prefix)
+    {
+        rules.push(rule(
+            "postrouting",
+            vec![
+                ip6_field_in("saddr", (vm_v6.network(), vm_v6.prefix)),
+                masquerade_out,
+                Statement::Masquerade(None),
+            ],
+        ));
+    }
     rules
 }
 
@@ -286,14 +330,34 @@ fn oifname(name: &str) -> Statement<'static> {
 
 /// `ip <field> <network>/<prefix>`.
 fn ip_field_in(field: &'static str, (network, prefix): (Ipv4Addr, u8)) -> Statement<'static> {
+    address_field_in(field, (IpAddr::V4(network), prefix))
+}
+
+/// `ip6 <field> <network>/<prefix>`.
+fn ip6_field_in(field: &'static str, (network, prefix): (Ipv6Addr, u8)) -> Statement<'static> {
+    address_field_in(field, (IpAddr::V6(network), prefix))
+}
+
+fn address_field_in(field: &'static str, (network, prefix): (IpAddr, u8)) -> Statement<'static> {
+    let protocol = if network.is_ipv4() { "ip" } else { "ip6" };
     compare(
-        payload("ip", field),
+        payload(protocol, field),
         Operator::EQ,
         Expression::Named(NamedExpression::Prefix(Prefix {
             addr: Box::new(text(&network.to_string())),
             len: prefix.into(),
         })),
     )
+}
+
+/// An anonymous set of names: `{ a, b }`.
+fn set(items: &[&str]) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        items
+            .iter()
+            .map(|item| SetItem::Element(text(item)))
+            .collect(),
+    ))
 }
 
 /// `ct <key> { flags }`: true when any of the flags is set.
@@ -337,7 +401,7 @@ mod tests {
     #[test]
     fn vm_rules_serialize_to_the_nft_json_we_expect() {
         let vm = VmNet::new("vm1", 3, Ipv4Addr::new(172, 16, 3, 0), 24);
-        let rules = vm_rules("aleph", (Ipv4Addr::new(172, 16, 0, 0), 12), None, &vm);
+        let rules = vm_rules("aleph", (Ipv4Addr::new(172, 16, 0, 0), 12), None, None, &vm);
         let json = serde_json::to_value(&rules).unwrap();
         let text = json.to_string();
         assert!(text.contains(r#"{"meta":{"key":"iifname"}}"#), "{text}");
@@ -355,6 +419,8 @@ mod tests {
             assert_eq!(rule["rule"]["table"], "aleph");
         }
 
+        assert!(!text.contains("ip6"), "no IPv6 rule without IPv6: {text}");
+
         let forward = PortForward {
             protocol: Protocol::Tcp,
             host_port: 24000,
@@ -366,5 +432,79 @@ mod tests {
             json["rule"]["expr"][3],
             serde_json::json!({"dnat": {"addr": "172.16.3.2", "family": "ip", "port": 22}})
         );
+    }
+
+    fn vm_with_ipv6(pool_v6: &str) -> (VmNet, (Ipv6Addr, u8)) {
+        let pool_v6 = (pool_v6.parse().unwrap(), 64);
+        let subnet = crate::network::Ipv6Pool::new(pool_v6.0, 64, 124, 1)
+            .unwrap()
+            .subnet(3)
+            .unwrap();
+        let vm = VmNet::new("vm1", 3, Ipv4Addr::new(172, 16, 3, 0), 24).with_ipv6(Some(&subnet));
+        (vm, pool_v6)
+    }
+
+    fn rules_text(rules: &[NfListObject<'static>], chain: &str) -> Vec<String> {
+        serde_json::to_value(rules)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|rule| rule["rule"]["chain"] == chain)
+            .map(|rule| rule["rule"]["expr"].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_unique_local_ipv6_side_is_isolated_and_masqueraded() {
+        let (vm, pool_v6) = vm_with_ipv6("fd00:a1e::");
+        let pool = (Ipv4Addr::new(172, 16, 0, 0), 12);
+        let rules = vm_rules("aleph", pool, Some(pool_v6), Some("eth0"), &vm);
+
+        let input = rules_text(&rules, "input");
+        assert_eq!(input.len(), 3, "{input:#?}");
+        // Neighbour discovery comes before the drop, or the guest has no gateway.
+        assert!(
+            input[1].contains(r#""right":{"set":["nd-neighbor-solicit","nd-neighbor-advert"]}"#),
+            "{input:#?}"
+        );
+        assert!(input[2].contains(r#"{"drop":null}"#), "{input:#?}");
+
+        let forward = rules_text(&rules, "forward");
+        assert_eq!(forward.len(), 7, "{forward:#?}");
+        let pool_drop = r#"{"payload":{"field":"daddr","protocol":"ip6"}},"op":"==","right":{"prefix":{"addr":"fd00:a1e::","len":64}}"#;
+        let pool_drop_at = forward
+            .iter()
+            .position(|rule| rule.contains(pool_drop))
+            .unwrap_or_else(|| panic!("{pool_drop} in {forward:#?}"));
+        // Before the rule that lets the VM out.
+        assert!(forward[pool_drop_at + 1].contains(r#"{"accept":null}"#));
+
+        let postrouting = rules_text(&rules, "postrouting");
+        assert_eq!(postrouting.len(), 2, "{postrouting:#?}");
+        assert!(
+            postrouting[1].contains(
+                r#"{"payload":{"field":"saddr","protocol":"ip6"}},"op":"==","right":{"prefix":{"addr":"fd00:a1e::30","len":124}}"#
+            ),
+            "{postrouting:#?}"
+        );
+        assert!(postrouting[1].contains(r#"{"masquerade":null}"#));
+    }
+
+    #[test]
+    fn a_routed_ipv6_side_is_isolated_but_not_masqueraded() {
+        let (vm, pool_v6) = vm_with_ipv6("2001:db8:5::");
+        let pool = (Ipv4Addr::new(172, 16, 0, 0), 12);
+        let rules = vm_rules("aleph", pool, Some(pool_v6), None, &vm);
+        assert_eq!(rules_text(&rules, "input").len(), 3);
+        let forward = rules_text(&rules, "forward");
+        assert!(
+            forward
+                .iter()
+                .any(|rule| rule.contains(r#""addr":"2001:db8:5::""#))
+        );
+        let postrouting = rules_text(&rules, "postrouting");
+        assert_eq!(postrouting.len(), 1, "{postrouting:#?}");
+        assert!(!postrouting[0].contains("ip6"));
     }
 }

@@ -10,7 +10,7 @@ use super::error::{NetworkError, Result};
 use futures::TryStreamExt;
 use nix::libc;
 use std::fs::OpenOptions;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 /// Longest interface name the kernel takes (`IFNAMSIZ` less the final NUL).
@@ -92,6 +92,34 @@ pub async fn configure_host_side(name: &str, host_ip: Ipv4Addr, prefix: u8) -> R
         .execute()
         .await
         .map_err(|source| netlink(name, "set up", source))?;
+    Ok(())
+}
+
+/// Gives the host side of the link `name` its IPv6 address (the VM's IPv6 gateway).
+/// Duplicate address detection is turned off on the link first: the subnet is the
+/// VM's alone, and a tentative address would leave the guest without a gateway until
+/// the check ends. Setting an address it already has is not an error.
+pub async fn configure_host_side_v6(name: &str, host_ip: Ipv6Addr, prefix: u8) -> Result<()> {
+    let accept_dad = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
+    std::fs::write(&accept_dad, "0").map_err(|source| NetworkError::Io {
+        what: format!("write 0 to {accept_dad} (is IPv6 disabled on this host?)"),
+        source,
+    })?;
+    let handle = connect(name)?;
+    let index = link_index(&handle, name)
+        .await?
+        .ok_or_else(|| NetworkError::Tap {
+            name: name.to_string(),
+            action: "find the link",
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+    handle
+        .address()
+        .add(index, IpAddr::V6(host_ip), prefix)
+        .replace()
+        .execute()
+        .await
+        .map_err(|source| netlink(name, "add IPv6 address", source))?;
     Ok(())
 }
 
