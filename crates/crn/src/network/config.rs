@@ -44,3 +44,17 @@ impl Default for NetworkConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_pool_is_read_from_toml_and_absent_by_default() {
+        let config: NetworkConfig = toml::from_str("ipv6_pool = [\"fd00:a1e::\", 64]\n").unwrap();
+        assert_eq!(config.ipv6_pool, Some(("fd00:a1e::".parse().unwrap(), 64)));
+        assert_eq!(config.vm_prefix_v6, 124);
+        let config: NetworkConfig = toml::from_str("vm_prefix = 24\n").unwrap();
+        assert_eq!(config.ipv6_pool, None);
+    }
+}
