@@ -20,6 +20,7 @@
 //! ipv4_pool = ["172.16.0.0", 12]    # one /24 per instance: host .1, guest .2
 //! port_range = [24000, 28000]       # host ports forwarded to instances (SSH first)
 //! uplink = "eth0"                   # where instances' traffic leaves; default: any
+//! ipv6_pool = ["fd00:a1e::", 64]    # IPv6 for instances (off by default), a /124 each
 //! ```
 
 use crate::network::NetworkConfig;

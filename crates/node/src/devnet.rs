@@ -72,6 +72,11 @@ pub struct Args {
     /// nor copy its ~1 GiB into a new devnet's CCN.
     #[arg(long)]
     no_rootfs: bool,
+    /// Give instances IPv6 addresses too (a ULA /64 per CRN, NAT66). Off by default: it
+    /// turns IPv6 forwarding on, which stops a host using SLAAC from taking router
+    /// advertisements (unless accept_ra=2), so use it on a server or in a namespace.
+    #[arg(long)]
+    ipv6: bool,
     /// Where the guest images are built and cached (`aleph-node images build
     /// --data-dir`); default: $ALEPH_DATA_DIR, else the devnet's data folder.
     #[arg(long, env = images::DATA_DIR_ENV)]
@@ -314,6 +319,7 @@ async fn start_compute(args: &Args, ccn: &CcnHandle, info: &mut DevnetInfo) -> R
         crn::start(crn::CrnOptions {
             ccn_url: &info.ccn_url,
             index: i,
+            ipv6: args.ipv6,
             data_dir: &data_dirs[i],
             images_dir: &images_dir,
             port: ports[i],

@@ -7,7 +7,8 @@
 //! TAP device, firewall rules, root disk and seed are gone. On the way: a port the owner's
 //! `port-forwarding` aggregate names is forwarded (and keeps its host port across the
 //! reboot), the instance cannot reach a service of its host, another wallet's owner
-//! request is refused, and the owner reads its console.
+//! request is refused, the owner reads its console, and (devnet `--ipv6`) the instance
+//! has its IPv6 address and reaches the owner's machine over IPv6, but not the host.
 //!
 //! Prints the time from `instance create` to a working SSH login, and from the reboot
 //! to the next one (docs/benchmarks.md).
@@ -27,6 +28,13 @@ const DEVNET_TIMEOUT: Duration = Duration::from_secs(600);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
 const CRN_SIDE: &str = "192.168.250.1";
 const OWNER_SIDE: &str = "192.168.250.2";
+const CRN_SIDE_V6: &str = "fd99::1";
+const OWNER_SIDE_V6: &str = "fd99::2";
+/// The first instance's IPv6 address and gateway with the devnet's `--ipv6` (first CRN).
+const GUEST_V6: &str = "fd00:a1e::2";
+const GATEWAY_V6: &str = "fd00:a1e::1";
+/// A service of the owner's machine the instance reaches over IPv6 (NAT66 out).
+const OWNER_SERVICE_PORT: u16 = 4998;
 /// A service of the CRN's host that instances must not reach.
 const HOST_SERVICE_PORT: u16 = 4999;
 
@@ -83,6 +91,24 @@ impl Namespaces {
                 ],
             );
             run("ip", &["-n", ns, "link", "set", link, "up"]);
+        }
+        for (ns, link, address) in [
+            (&namespaces.crn, &veth, CRN_SIDE_V6),
+            (&namespaces.owner, &peer, OWNER_SIDE_V6),
+        ] {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{address}/64"),
+                    "dev",
+                    link,
+                    "nodad",
+                ],
+            );
         }
         namespaces
     }
@@ -198,7 +224,7 @@ fn aleph_binary() -> PathBuf {
 fn start_devnet(ns: &str, dir: &Path) -> (Devnet, Value) {
     let log = std::fs::File::create(dir.join("devnet.log")).unwrap();
     let child = Namespaces::command(ns, Path::new(env!("CARGO_BIN_EXE_aleph-node")))
-        .args(["devnet", "--crns", "1", "--accounts", "2"])
+        .args(["devnet", "--crns", "1", "--accounts", "2", "--ipv6"])
         .arg("--data-dir")
         .arg(dir.join("net"))
         .arg("--images-dir")
@@ -398,7 +424,8 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
     let service = Killed(
         Namespaces::command(&namespaces.crn, Path::new("python3"))
             .args(["-m", "http.server", &HOST_SERVICE_PORT.to_string()])
-            .args(["--bind", "0.0.0.0"])
+            // Both families (the v4-mapped socket takes IPv4 too).
+            .args(["--bind", "::"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -424,14 +451,43 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
         .as_str()
         .map(|net| net.replace(".0/24", ".1"))
         .expect("the instance's network in the CRN's listing");
-    for target in [gateway.as_str(), CRN_SIDE] {
+    let over_v6 = Namespaces::command(&namespaces.owner, Path::new("bash"))
+        .args(["-c", &probe.replace("%s", CRN_SIDE_V6)])
+        .status()
+        .unwrap();
+    assert!(
+        over_v6.success(),
+        "the host service stand-in is not reachable over IPv6"
+    );
+    for target in [gateway.as_str(), CRN_SIDE, GATEWAY_V6, CRN_SIDE_V6] {
         let blocked = ssh(&namespaces.owner, &key, port, &probe.replace("%s", target));
         assert!(
             !blocked.status.success(),
-            "the instance reached the host's service at {target}:{HOST_SERVICE_PORT}"
+            "the instance reached the host's service at {target} port {HOST_SERVICE_PORT}"
         );
     }
     drop(service);
+
+    // IPv6: the instance has its address, and reaches the outside (NAT66).
+    let listing = crn_listing(&namespaces.crn, &hash);
+    assert_eq!(listing["networking"]["ipv6_ip"], GUEST_V6, "{listing}");
+    let owner_service = Killed(
+        Namespaces::command(&namespaces.owner, Path::new("python3"))
+            .args(["-m", "http.server", &OWNER_SERVICE_PORT.to_string()])
+            .args(["--bind", OWNER_SIDE_V6])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let v6_check = format!(
+        "for i in $(seq 30); do ip -6 -o addr show scope global | grep -q '{GUEST_V6}/124' \
+         && timeout 5 bash -c '</dev/tcp/{OWNER_SIDE_V6}/{OWNER_SERVICE_PORT}' && exit 0; sleep 1; done; \
+         ip -6 addr; ip -6 route; exit 1"
+    );
+    let v6 = ssh(&namespaces.owner, &key, port, &v6_check);
+    assert!(v6.status.success(), "IPv6 from the instance: {}", text(&v6));
+    drop(owner_service);
 
     // Another wallet may not act on it.
     let stranger = aleph(&namespaces.crn, &info, 1, &["instance", "stop", &hash]);

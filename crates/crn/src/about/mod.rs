@@ -228,7 +228,7 @@ pub fn executions_v1(
             json!({
                 "networking": {
                     "ipv4": format!("{}/{}", net.network(), net.prefix),
-                    "ipv6": null,
+                    "ipv6": net.ipv6.as_ref().map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
                 },
                 "status": instance_status(instance),
                 "running": instance.running,

@@ -43,6 +43,8 @@ pub struct CrnOptions<'a> {
     /// Which of the devnet's CRNs (0 for the first): chooses its share of the host's
     /// VM network.
     pub index: usize,
+    /// Instances get IPv6 addresses too.
+    pub ipv6: bool,
     /// The CRN's own folder.
     pub data_dir: &'a Path,
     /// Where the images were built (their data folder).
@@ -62,7 +64,7 @@ fn write_config(options: &CrnOptions<'_>, listen: SocketAddr) -> Result<PathBuf>
         data_dir: options.data_dir.to_owned(),
         images_dir: Some(options.images_dir.to_owned()),
         diagnostic_program: options.diagnostic_program.map(str::to_owned),
-        network: vm_network(options.index)?,
+        network: vm_network(options.index, options.ipv6)?,
         ..aleph_crn::CrnConfig::default()
     };
     if let Some(link) = &options.scheduler {
@@ -84,7 +86,8 @@ fn write_config(options: &CrnOptions<'_>, listen: SocketAddr) -> Result<PathBuf>
 /// The devnet's CRNs share one host: each gets its own /16 of 172.16.0.0/12 for its
 /// instances, its own thousand host ports from 24000 and its own nftables table, so
 /// their TAP devices, forwards and rules never meet.
-fn vm_network(index: usize) -> Result<aleph_crn::network::NetworkConfig> {
+/// With `ipv6`, each also gets its own ULA /64 (`fd00:a1e:<i-1>::/64`).
+fn vm_network(index: usize, ipv6: bool) -> Result<aleph_crn::network::NetworkConfig> {
     let Some(slot) = u8::try_from(index).ok().filter(|slot| *slot < 16) else {
         bail!("a devnet runs at most 16 CRNs (172.16.0.0/12 has 16 /16s for their VMs)");
     };
@@ -93,6 +96,12 @@ fn vm_network(index: usize) -> Result<aleph_crn::network::NetworkConfig> {
         ipv4_pool: (Ipv4Addr::new(172, 16 + slot, 0, 0), 16),
         port_range: (first_port, first_port + 999),
         table: format!("aleph-devnet-crn{}", index + 1),
+        ipv6_pool: ipv6.then(|| {
+            (
+                std::net::Ipv6Addr::new(0xfd00, 0xa1e, u16::from(slot), 0, 0, 0, 0, 0),
+                64,
+            )
+        }),
         ..aleph_crn::network::NetworkConfig::default()
     })
 }
@@ -330,14 +339,19 @@ mod tests {
 
     #[test]
     fn each_crn_has_its_own_vm_network() {
-        let first = vm_network(0).unwrap();
-        let second = vm_network(1).unwrap();
+        let first = vm_network(0, false).unwrap();
+        let second = vm_network(1, true).unwrap();
         assert_eq!(first.ipv4_pool, (Ipv4Addr::new(172, 16, 0, 0), 16));
         assert_eq!(second.ipv4_pool, (Ipv4Addr::new(172, 17, 0, 0), 16));
         assert_eq!(first.port_range, (24000, 24999));
         assert_eq!(second.port_range, (25000, 25999));
         assert_ne!(first.table, second.table);
-        assert!(aleph_crn::network::VmNetwork::new(vm_network(15).unwrap()).is_ok());
-        assert!(vm_network(16).is_err());
+        assert_eq!(first.ipv6_pool, None);
+        assert_eq!(
+            second.ipv6_pool,
+            Some(("fd00:a1e:1::".parse().unwrap(), 64))
+        );
+        assert!(aleph_crn::network::VmNetwork::new(vm_network(15, true).unwrap()).is_ok());
+        assert!(vm_network(16, false).is_err());
     }
 }
