@@ -6,7 +6,8 @@
 //! signed owner request, finds the file again, and deletes the instance, after which its
 //! TAP device, firewall rules, root disk and seed are gone. On the way: a port the owner's
 //! `port-forwarding` aggregate names is forwarded (and keeps its host port across the
-//! reboot), the instance cannot reach a service of its host, another wallet's owner
+//! reboot), the instance cannot reach a service of its host nor another wallet's
+//! instance on the same CRN (IPv4 and IPv6), another wallet's owner
 //! request is refused, the owner reads its console, and (devnet `--ipv6`) the instance
 //! has its IPv6 address and reaches the owner's machine over IPv6, but not the host.
 //!
@@ -360,6 +361,32 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
     let first_login = started.elapsed();
     eprintln!("instance create → SSH login: {first_login:.1?}");
 
+    // Another wallet's instance on the same CRN, booting meanwhile: the first must not
+    // reach it.
+    let neighbour = aleph(
+        &namespaces.crn,
+        &info,
+        1,
+        &[
+            "instance",
+            "create",
+            "--ssh-pubkey-file",
+            &pubkey,
+            "--vcpus",
+            "1",
+            "--memory",
+            "512",
+            "--no-wait",
+        ],
+    );
+    assert!(
+        neighbour.status.success(),
+        "second instance: {}",
+        text(&neighbour)
+    );
+    let neighbour: Value = serde_json::from_slice(&neighbour.stdout).unwrap();
+    let neighbour = neighbour["item_hash"].as_str().unwrap().to_owned();
+
     let uname = ssh(&namespaces.owner, &key, port, "uname -a");
     assert!(
         uname.status.success() && String::from_utf8_lossy(&uname.stdout).contains("Linux"),
@@ -467,6 +494,44 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
         );
     }
     drop(service);
+
+    // Nor another VM: once the host reaches the neighbour's sshd, the instance must not.
+    let neighbour_v4 = wait_for_listing(&namespaces.crn, &neighbour, "ipv4_ip");
+    let neighbour_v6 = wait_for_listing(&namespaces.crn, &neighbour, "ipv6_ip");
+    let to_sshd = |ip: &str| format!("timeout 5 bash -c '</dev/tcp/{ip}/22'");
+    let from_host = Instant::now();
+    loop {
+        let reached = Namespaces::command(&namespaces.crn, Path::new("bash"))
+            .args(["-c", &to_sshd(&neighbour_v4)])
+            .status()
+            .unwrap();
+        if reached.success() {
+            break;
+        }
+        assert!(
+            from_host.elapsed() < LOGIN_TIMEOUT,
+            "the second instance's sshd never answered the host"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for target in [&neighbour_v4, &neighbour_v6] {
+        let blocked = ssh(&namespaces.owner, &key, port, &to_sshd(target));
+        assert!(
+            !blocked.status.success(),
+            "the instance reached another VM at {target}:22"
+        );
+    }
+    let gone = aleph(
+        &namespaces.crn,
+        &info,
+        1,
+        &["instance", "delete", &neighbour],
+    );
+    assert!(
+        gone.status.success(),
+        "deleting the second instance: {}",
+        text(&gone)
+    );
 
     // IPv6: the instance has its address, and reaches the outside (NAT66).
     let listing = crn_listing(&namespaces.crn, &hash);
@@ -629,6 +694,22 @@ fn volume_files(dir: &Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// `networking.<field>` of the instance in the CRN's listing, once it is listed.
+fn wait_for_listing(ns: &str, hash: &str, field: &str) -> String {
+    let deadline = Instant::now() + LOGIN_TIMEOUT;
+    loop {
+        let listing = crn_listing(ns, hash);
+        if let Some(value) = listing["networking"][field].as_str() {
+            return value.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{hash} never listed with {field}: {listing}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The host port the CRN lists for `guest_port` of the instance, once it does (the
