@@ -238,7 +238,8 @@ async fn allocation_pushes_are_checked_fenced_and_kept() {
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(crn.persistent().allocation_version(), 5);
-    // Instances are not run yet; a reference that is no hash fails alone.
+    // An instance whose message cannot be read fails (before anything is made for it); a
+    // reference that is no hash fails alone.
     let (status, answer) = scheduler
         .push(
             &url,
@@ -248,7 +249,11 @@ async fn allocation_pushes_are_checked_fenced_and_kept() {
     assert_eq!(status, 503, "{answer}");
     let result: AllocationResult = serde_json::from_value(answer).unwrap();
     assert_eq!(result.failing.len(), 2);
-    assert!(result.errors[&"ab".repeat(32)].contains("not supported"));
+    assert!(
+        result.errors[&"ab".repeat(32)].contains("from the CCN"),
+        "{:?}",
+        result.errors
+    );
     assert!(result.errors["nothash"].contains("not an item hash"));
 
     // The fence outlives the process.
