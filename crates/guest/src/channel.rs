@@ -80,6 +80,9 @@ const HANG_UP_SETTLE: Duration = Duration::from_millis(500);
 /// reach a new host's connection ahead of the agent's own preface.
 const HOST_BACK_HOLD: Duration = Duration::from_millis(200);
 
+/// The most one read from the port takes.
+const READ_CHUNK: usize = 16 << 10;
+
 /// A hang-up being settled.
 struct HangUp {
     /// Since when the port has said what it says now (host gone, or host back).
@@ -130,6 +133,9 @@ struct Port {
     ended: bool,
     /// Told when this connection's end is seen.
     on_end: Arc<Notify>,
+    /// Where reads from the port land: allocated once, since zeroing a fresh buffer on
+    /// every read is work the guest's one vCPU does per request under emulation.
+    scratch: Box<[u8]>,
 }
 
 impl Port {
@@ -145,6 +151,7 @@ impl Port {
             after_hang_up: false,
             ended: false,
             on_end,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         })
     }
 
@@ -190,13 +197,19 @@ impl Port {
     /// Reads what the port has next into `pending`, or ends the connection; pending
     /// while a hang-up settles or nothing has come.
     fn poll_fill(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        let mut buf = [0u8; 16 << 10];
+        let mut buf = std::mem::take(&mut self.scratch);
+        let filled = self.poll_fill_into(cx, &mut buf);
+        self.scratch = buf;
+        filled
+    }
+
+    fn poll_fill_into(&mut self, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<()>> {
         loop {
             if self.ended {
                 return Poll::Ready(Ok(()));
             }
             if let Some(hang_up) = &mut self.hang_up {
-                let read = nix::unistd::read(self.fd.get_ref().as_raw_fd(), &mut buf);
+                let read = nix::unistd::read(self.fd.get_ref().as_raw_fd(), buf);
                 match read {
                     // The tail of this connection, or the next one's start.
                     Ok(n) if n > 0 => {
@@ -248,7 +261,7 @@ impl Port {
                 self.hung_up();
                 continue;
             }
-            match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref().as_raw_fd(), &mut buf)?)) {
+            match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref().as_raw_fd(), buf)?)) {
                 Ok(Ok(0)) => {
                     drop(guard);
                     self.hung_up();

@@ -15,6 +15,7 @@ mod paths;
 mod power;
 mod power_button;
 mod proxy;
+mod sched;
 mod volumes;
 
 use std::sync::Arc;
@@ -56,6 +57,9 @@ fn main() {
         (loaded - started) * 1e3,
         (rooted - loaded) * 1e3
     );
+    if let Err(e) = sched::batch_this_thread() {
+        syslog!("cannot make the agent SCHED_BATCH (its wake-ups will preempt the app): {e}");
+    }
     // One thread: the agent only relays bytes between the channel and the app, and under
     // emulation each wake-up handed from one thread to another costs guest CPU that the
     // app's own work then waits for (measured by `aleph-node bench program`).

@@ -127,6 +127,11 @@ impl App {
             .stderr(Stdio::piped())
             // Its own group, so stopping it also stops whatever it forked.
             .process_group(0);
+        // SAFETY: `default_policy` only makes a system call, which is allowed between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(crate::sched::default_policy);
+        }
         if let Listen::Unix(path) = &launch.listen {
             let _ = std::fs::remove_file(path);
         }
