@@ -9,7 +9,9 @@
 //! reboot), the instance cannot reach a service of its host nor another wallet's
 //! instance on the same CRN (IPv4 and IPv6), another wallet's owner
 //! request is refused, the owner reads its console, and (devnet `--ipv6`) the instance
-//! has its IPv6 address and reaches the owner's machine over IPv6, but not the host.
+//! has its IPv6 address and reaches the owner's machine over IPv6, but not the host. A
+//! program uploaded with `--internet` gets a network card on the same CRN: it reaches
+//! the owner's machine, not the host's service, and its TAP and rules go with its VM.
 //!
 //! Prints the time from `instance create` to a working SSH login, and from the reboot
 //! to the next one (docs/benchmarks.md).
@@ -38,6 +40,8 @@ const GATEWAY_V6: &str = "fd00:a1e::1";
 const OWNER_SERVICE_PORT: u16 = 4998;
 /// A service of the CRN's host that instances must not reach.
 const HOST_SERVICE_PORT: u16 = 4999;
+/// A service of the owner's machine a program with `--internet` reaches over IPv4.
+const OWNER_SERVICE_PORT_V4: u16 = 4997;
 
 /// The two namespaces, deleted (with their links) when dropped.
 struct Namespaces {
@@ -493,6 +497,7 @@ fn instance_over_ssh_keeps_its_volume_across_a_reboot_and_leaves_nothing_when_de
             "the instance reached the host's service at {target} port {HOST_SERVICE_PORT}"
         );
     }
+    program_with_internet(&namespaces, &info, dir.path());
     drop(service);
 
     // Nor another VM: once the host reaches the neighbour's sshd, the instance must not.
@@ -743,4 +748,137 @@ fn crn_listing(ns: &str, hash: &str) -> Value {
     let list: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("executions list: {e}: {}", text(&output)));
     list[hash].clone()
+}
+
+/// A program uploaded with `--internet` (on the CRN that runs the instances; the host's
+/// service stand-in is up): its VM reaches the owner's machine through NAT, not the
+/// host's service, and its network card goes when its VM stops (a code update).
+fn program_with_internet(namespaces: &Namespaces, info: &Value, dir: &Path) {
+    let source = dir.join("reach-app");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(
+        source.join("main.py"),
+        r#"import socket
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/reach")
+def reach(host: str, port: int):
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return {"reached": True}
+    except OSError as error:
+        return {"reached": False, "error": str(error)}
+"#,
+    )
+    .unwrap();
+    let taps_before = taps(&namespaces.crn);
+    let uploaded = aleph(
+        &namespaces.crn,
+        info,
+        0,
+        &[
+            "program",
+            "upload",
+            source.to_str().unwrap(),
+            "main:app",
+            "--internet",
+        ],
+    );
+    assert!(uploaded.status.success(), "upload: {}", text(&uploaded));
+    let uploaded: Value = serde_json::from_slice(&uploaded.stdout).unwrap();
+    let hash = uploaded["item_hash"].as_str().unwrap().to_owned();
+    let owner_service = Killed(
+        Namespaces::command(&namespaces.owner, Path::new("python3"))
+            .args(["-m", "http.server", &OWNER_SERVICE_PORT_V4.to_string()])
+            .args(["--bind", OWNER_SIDE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let reach = |host: &str, port: u16| -> Value {
+        let url = format!("http://127.0.0.1:4020/vm/{hash}/reach?host={host}&port={port}");
+        let output = Namespaces::command(&namespaces.crn, Path::new("python3"))
+            .args([
+                "-c",
+                "import urllib.request,sys;print(urllib.request.urlopen(sys.argv[1], timeout=600).read().decode())",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{url}: {e}: {}", text(&output)))
+    };
+    // The owner's stand-in may take a moment to listen: ask again for a while.
+    let deadline = Instant::now() + LOGIN_TIMEOUT;
+    loop {
+        let answer = reach(OWNER_SIDE, OWNER_SERVICE_PORT_V4);
+        if answer["reached"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the program with --internet never reached the owner's machine: {answer}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "program with --internet: upload → reaching the owner's machine {:.1?}",
+        started.elapsed()
+    );
+    drop(owner_service);
+    let listing = crn_listing(&namespaces.crn, &hash);
+    let gateway = listing["networking"]["ipv4_network"]
+        .as_str()
+        .map(|net| net.replace(".0/24", ".1"))
+        .unwrap_or_else(|| panic!("the program's network in the CRN's listing: {listing}"));
+    for target in [gateway.as_str(), CRN_SIDE] {
+        let answer = reach(target, HOST_SERVICE_PORT);
+        assert_eq!(
+            answer["reached"], false,
+            "the program reached the host's service at {target}: {answer}"
+        );
+    }
+    assert_eq!(taps(&namespaces.crn), taps_before + 1, "the program's TAP");
+
+    // A new version of its code stops its VM: the TAP and the rules go with it.
+    let execution = listing["execution_id"].as_str().unwrap().to_owned();
+    let updated = aleph(
+        &namespaces.crn,
+        info,
+        0,
+        &["program", "update", &hash, source.to_str().unwrap()],
+    );
+    assert!(updated.status.success(), "update: {}", text(&updated));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rules = Namespaces::command(&namespaces.crn, Path::new("nft"))
+            .args(["list", "ruleset"])
+            .output()
+            .unwrap();
+        if taps(&namespaces.crn) == taps_before
+            && !String::from_utf8_lossy(&rules.stdout).contains(&execution)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped program's TAP or rules stayed: {}",
+            String::from_utf8_lossy(&rules.stdout)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// How many TAP devices the CRN's namespace has.
+fn taps(ns: &str) -> usize {
+    let output = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "type", "tun"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).lines().count()
 }

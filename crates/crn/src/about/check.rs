@@ -1,7 +1,9 @@
 //! `/status/check/fastapi`: runs the diagnostic program (`crates/crn/diagnostic/`)
 //! through the same path as user requests and checks one feature per route. A failed
-//! check is reported as failed, never skipped: programs have no internet on this node
-//! yet, so `internet` fails honestly.
+//! check is reported as failed, never skipped: `internet` is true only when the
+//! diagnostic program asked for the internet (`environment.internet`) and its VM
+//! reaches 9.9.9.9 (the devnet publishes it without, so as not to touch the host's
+//! network for a status check).
 
 use crate::pool::Pool;
 use bytes::Bytes;

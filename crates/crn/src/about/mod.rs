@@ -5,6 +5,7 @@ pub mod check;
 
 use crate::execution::Execution;
 use crate::instances::InstanceStatus;
+use crate::network::VmNet;
 use chrono::{DateTime, Timelike, Utc};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -169,11 +170,16 @@ fn status(execution: &Execution) -> Value {
     })
 }
 
-/// No network for programs yet: every field the reference has, empty.
-fn networking() -> Value {
+/// A program's network: every field the reference has, empty for a program without
+/// a network card (one that did not ask for the internet). No ports are mapped.
+fn networking(net: Option<&VmNet>) -> Value {
     json!({
-        "ipv4_network": null, "host_ipv4": null, "ipv6_network": null,
-        "ipv6_ip": null, "ipv4_ip": null, "mapped_ports": {},
+        "ipv4_network": net.map(|net| format!("{}/{}", net.network(), net.prefix)),
+        "host_ipv4": null,
+        "ipv4_ip": net.map(|net| net.guest_ip.to_string()),
+        "ipv6_network": net.and_then(|net| net.ipv6).map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
+        "ipv6_ip": net.and_then(|net| net.ipv6).map(|v6| v6.guest_ip.to_string()),
+        "mapped_ports": {},
     })
 }
 
@@ -214,7 +220,10 @@ pub fn executions_v1(
             (
                 e.program.item_hash.clone(),
                 json!({
-                    "networking": {"ipv4": null, "ipv6": null},
+                    "networking": {
+                        "ipv4": e.prepared.net.as_ref().map(|net| format!("{}/{}", net.network(), net.prefix)),
+                        "ipv6": e.prepared.net.as_ref().and_then(|net| net.ipv6).map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
+                    },
                     "status": status(e),
                     "running": e.state() == crate::execution::state::State::Running,
                 }),
@@ -249,7 +258,7 @@ pub fn executions_v2(
             (
                 e.program.item_hash.clone(),
                 json!({
-                    "networking": networking(),
+                    "networking": networking(e.prepared.net.as_ref()),
                     "status": status(e),
                     "running": e.state() == crate::execution::state::State::Running,
                     "vm_type": "microvm",

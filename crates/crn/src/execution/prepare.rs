@@ -4,6 +4,7 @@
 
 use crate::error::ProgramError;
 use crate::hypervisor::{BootSource, ChannelSpec, Drive, Machine, VmSpec};
+use crate::network::VmNet;
 use crate::resources::program::{ProgramContent, Volume};
 use crate::resources::{ProgramMessage, Resources};
 use aleph_protocol::agent::{
@@ -26,6 +27,19 @@ pub struct Prepared {
     pub code_ref: String,
     pub spec: VmSpec,
     pub agent: AgentConfig,
+    /// The network card of a program that asked for the internet (see
+    /// [`crate::pool::network`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<VmNet>,
+}
+
+impl Prepared {
+    /// Gives the VM its network card and tells the agent how to set it up.
+    pub fn connect(&mut self, net: VmNet) {
+        self.spec.network = Some(net.tap_spec());
+        self.agent.network = Some(crate::pool::network::agent_network(&net));
+        self.net = Some(net);
+    }
 }
 
 /// Device names in the order the drives are attached.
@@ -177,6 +191,7 @@ pub async fn prepare(
         code_ref: code.store_hash,
         spec,
         agent,
+        net: None,
     })
 }
 

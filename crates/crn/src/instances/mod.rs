@@ -70,8 +70,17 @@ struct Running {
     _reservation: Option<Reservation>,
 }
 
+/// The node's subnets, shared with programs (see [`crate::pool::network`]).
+struct Subnets(Arc<Mutex<AddressPool>>);
+
+impl Subnets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddressPool> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct State {
-    subnets: AddressPool,
+    subnets: Subnets,
     ports: HostPorts,
     running: HashMap<String, Running>,
     /// Starts under way, so the loop does not queue more.
@@ -95,8 +104,6 @@ pub struct Instances {
     state: Mutex<State>,
     /// One operation (start, stop, erase...) per instance at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Our nftables table and base chains exist, and forwarding is on.
-    network_ready: tokio::sync::OnceCell<()>,
     /// The tcp forwards reached from the node itself, per running instance and host
     /// port.
     relays: Mutex<HashMap<String, HashMap<u16, LoopbackRelay>>>,
@@ -120,7 +127,7 @@ impl Instances {
         let root = data_dir.join("instances");
         std::fs::create_dir_all(&root)?;
         let network = VmNetwork::new(network)?;
-        let mut subnets = AddressPool::new(network.config())?;
+        let subnets = Subnets(pool.network().subnets());
         let mut ports = HostPorts::new(network.config());
         let config = pool.config();
         let policy = BackoffPolicy {
@@ -134,7 +141,8 @@ impl Instances {
                 continue;
             };
             let hash = record.message.item_hash.clone();
-            if subnets.reserve(record.net.index).is_err() || !ports.reserve(record.ssh_port) {
+            if subnets.lock().reserve(record.net.index).is_err() || !ports.reserve(record.ssh_port)
+            {
                 tracing::warn!("instance {hash}: its address or port is taken twice");
             }
             for (guest, mapped) in &record.forwarded_ports {
@@ -181,7 +189,6 @@ impl Instances {
                 skipped_ports: HashMap::new(),
             }),
             locks: Mutex::new(HashMap::new()),
-            network_ready: tokio::sync::OnceCell::new(),
             relays: Mutex::new(HashMap::new()),
             aggregates,
         });
@@ -371,13 +378,7 @@ impl Instances {
             .map_err(ProgramError::NoCapacity)?;
         let spec = self.prepare(&record, &folder).await?;
 
-        self.network_ready
-            .get_or_try_init(|| async {
-                self.network.enable_forwarding()?;
-                self.network.ensure_base().await
-            })
-            .await
-            .map_err(|e| ProgramError::internal(format!("host network: {e}")))?;
+        self.pool.network().ensure_ready().await?;
         let net = self
             .network
             .setup(&hash, record.net.index)
@@ -454,12 +455,13 @@ impl Instances {
             let mut state = self.state();
             let subnet = state
                 .subnets
+                .lock()
                 .allocate()
                 .map_err(|e| ProgramError::NoCapacity(e.to_string()))?;
             match state.ports.allocate() {
                 Ok(port) => (subnet, port),
                 Err(e) => {
-                    state.subnets.release(subnet.index);
+                    state.subnets.lock().release(subnet.index);
                     return Err(ProgramError::NoCapacity(e.to_string()));
                 }
             }
@@ -468,7 +470,7 @@ impl Instances {
             Ok(net) => net,
             Err(e) => {
                 let mut state = self.state();
-                state.subnets.release(subnet.index);
+                state.subnets.lock().release(subnet.index);
                 state.ports.release(ssh_port);
                 return Err(ProgramError::internal(format!("network: {e}")));
             }
@@ -483,7 +485,7 @@ impl Instances {
         };
         if let Err(e) = record.save(folder) {
             let mut state = self.state();
-            state.subnets.release(subnet.index);
+            state.subnets.lock().release(subnet.index);
             state.ports.release(ssh_port);
             return Err(ProgramError::internal(format!("{}: {e}", folder.display())));
         }
@@ -715,7 +717,7 @@ impl Instances {
         std::fs::remove_dir_all(&folder)
             .map_err(|e| ProgramError::internal(format!("{}: {e}", folder.display())))?;
         let mut state = self.state();
-        state.subnets.release(record.net.index);
+        state.subnets.lock().release(record.net.index);
         for mapped in record.port_mapping().values() {
             state.ports.release(mapped.host);
         }

@@ -4,6 +4,7 @@
 //! on a node's start, the VMs an earlier node process left running taken back.
 
 pub mod admission;
+pub mod network;
 pub mod updates;
 
 use crate::channel::AgentChannel;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hyper::body::Incoming;
+use network::ProgramNetwork;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +49,8 @@ pub struct Pool {
     resources: Resources,
     records: Records,
     admission: Admission,
+    /// Network cards of the programs that ask for the internet.
+    network: ProgramNetwork,
     executions_dir: PathBuf,
     volumes_dir: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
@@ -77,7 +81,9 @@ impl Pool {
         let executions_dir = config.data_dir.join("executions");
         let volumes_dir = config.data_dir.join("volumes");
         std::fs::create_dir_all(&executions_dir)?;
+        let network = ProgramNetwork::new(config.network.clone()).map_err(std::io::Error::other)?;
         Ok(Self {
+            network,
             config,
             hypervisor,
             images,
@@ -100,6 +106,11 @@ impl Pool {
 
     pub fn resources(&self) -> &Resources {
         &self.resources
+    }
+
+    /// The node's VM network as programs use it (its subnets are shared with instances).
+    pub fn network(&self) -> &ProgramNetwork {
+        &self.network
     }
 
     pub fn records(&self) -> &Records {
@@ -278,7 +289,7 @@ impl Pool {
         let advance = |life: &mut Lifecycle, to| life.advance(to).map_err(ProgramError::internal);
 
         advance(&mut lifecycle, State::Preparing)?;
-        let prepared = match prepare::prepare(
+        let mut prepared = match prepare::prepare(
             &self.resources,
             &program,
             &self.images,
@@ -297,6 +308,15 @@ impl Pool {
                 return Err(e);
             }
         };
+        if content.environment.internet {
+            match self.network.plug(&id).await {
+                Ok(net) => prepared.connect(net),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&folder);
+                    return Err(e);
+                }
+            }
+        }
         lap(&mut startup.prepare);
         advance(&mut lifecycle, State::Prepared)?;
         advance(&mut lifecycle, State::Starting)?;
@@ -383,6 +403,9 @@ impl Pool {
 
     /// Records an execution that never ran and removes its folder.
     async fn discard(&self, file: &ExecutionFile, folder: &Path, reason: &str) {
+        if let Some(net) = &file.prepared.net {
+            self.network.unplug(net).await;
+        }
         let mut lifecycle = file.lifecycle.clone();
         let _ = lifecycle.advance(State::Stopping);
         let _ = lifecycle.advance(State::Stopped);
@@ -505,6 +528,9 @@ impl Pool {
             }
         }
         let (outcome, usage) = execution.stop(StopTimeouts::default()).await;
+        if let Some(net) = &execution.prepared.net {
+            self.network.unplug(net).await;
+        }
         tracing::info!(
             "program {hash} stopped ({reason}): execution {}, {outcome:?}",
             execution.id
@@ -576,6 +602,9 @@ impl Pool {
                         let _ = vm.kill();
                         vm.wait_exit(Duration::from_secs(5)).await;
                     }
+                    if let Some(net) = ExecutionFile::load(&folder).and_then(|f| f.prepared.net) {
+                        self.network.unplug(&net).await;
+                    }
                     let _ = std::fs::remove_dir_all(&folder);
                 }
             }
@@ -613,6 +642,11 @@ impl Pool {
             })
             .map_err(|e| format!("no room for it: {e}"))?;
         let hash = file.program.item_hash.clone();
+        if let Some(net) = &file.prepared.net
+            && !self.network.reserve(net)
+        {
+            return Err(format!("its subnet {} is taken twice", net.index));
+        }
         let slot = Arc::new(Slot {
             execution: Arc::new(Execution::new(file, vm, channel, true, Startup::default())),
             _reservation: reservation,

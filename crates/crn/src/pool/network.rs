@@ -1,0 +1,130 @@
+//! The network of programs that ask for the internet (`environment.internet`): a TAP
+//! device with an address from the node's pool (shared with instances), NAT out, and
+//! the isolation rules of instances (no other VM, none of the host's own services). No
+//! port is forwarded in: requests reach a program through its agent. A program that
+//! does not ask gets no network card at all.
+
+use crate::error::ProgramError;
+use crate::network::{AddressPool, NetworkConfig, NetworkError, VmNet, VmNetwork};
+use aleph_protocol::agent::NetworkConfig as AgentNetwork;
+use std::sync::{Arc, Mutex};
+
+/// The guest's interface: the VM's only network card.
+const GUEST_INTERFACE: &str = "eth0";
+
+pub struct ProgramNetwork {
+    network: VmNetwork,
+    /// The node's subnets, handed out to programs and instances alike.
+    subnets: Arc<Mutex<AddressPool>>,
+    /// Our nftables table and base chains exist, and forwarding is on.
+    ready: tokio::sync::OnceCell<()>,
+}
+
+impl ProgramNetwork {
+    /// Checks the pools of `config`; touches nothing on the host until a program
+    /// needs it.
+    pub fn new(config: NetworkConfig) -> Result<Self, NetworkError> {
+        let subnets = AddressPool::new(&config)?;
+        Ok(Self {
+            network: VmNetwork::new(config)?,
+            subnets: Arc::new(Mutex::new(subnets)),
+            ready: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The node's subnets, for the instances to take theirs from.
+    pub fn subnets(&self) -> Arc<Mutex<AddressPool>> {
+        self.subnets.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddressPool> {
+        self.subnets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Turns forwarding on and makes our nftables table and base chains, once: before
+    /// the first VM (program or instance) is wired.
+    pub async fn ensure_ready(&self) -> Result<(), ProgramError> {
+        self.ready
+            .get_or_try_init(|| async {
+                self.network.enable_forwarding()?;
+                self.network.ensure_base().await
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| ProgramError::internal(format!("host network: {e}")))
+    }
+
+    /// Wires execution `id`: a subnet, its TAP and rules. Nothing stays on failure.
+    pub async fn plug(&self, id: &str) -> Result<VmNet, ProgramError> {
+        self.ensure_ready().await?;
+        let subnet = self
+            .lock()
+            .allocate()
+            .map_err(|e| ProgramError::NoCapacity(e.to_string()))?;
+        match self.network.setup(id, subnet.index).await {
+            Ok(net) => Ok(net),
+            Err(e) => {
+                self.lock().release(subnet.index);
+                Err(ProgramError::internal(format!("network: {e}")))
+            }
+        }
+    }
+
+    /// Takes back the subnet of an execution an earlier node process left running.
+    pub fn reserve(&self, net: &VmNet) -> bool {
+        self.lock().reserve(net.index).is_ok()
+    }
+
+    /// Removes the execution's TAP and rules and gives its subnet back.
+    pub async fn unplug(&self, net: &VmNet) {
+        if let Err(e) = self.network.teardown(net).await {
+            tracing::warn!("execution {}: network not torn down: {e}", net.vm_id);
+        }
+        self.lock().release(net.index);
+    }
+}
+
+/// What the guest agent sets up for `net`.
+pub fn agent_network(net: &VmNet) -> AgentNetwork {
+    AgentNetwork {
+        interface: GUEST_INTERFACE.into(),
+        ipv4: Some(format!("{}/{}", net.guest_ip, net.prefix)),
+        ipv4_gateway: Some(net.host_ip.to_string()),
+        ipv6: net.ipv6.map(|v6| format!("{}/{}", v6.guest_ip, v6.prefix)),
+        ipv6_gateway: net.ipv6.map(|v6| v6.host_ip.to_string()),
+        // The host's resolver is not reachable from VMs (they are kept off the host's
+        // services); a public one is.
+        dns_servers: vec!["9.9.9.9".into()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_gets_the_guest_side_of_the_subnet() {
+        let network = VmNetwork::new(NetworkConfig::default()).unwrap();
+        let net = network.vm_net("0123456789abcdef", 3).unwrap();
+        let agent = agent_network(&net);
+        assert_eq!(agent.interface, "eth0");
+        assert_eq!(agent.ipv4, Some(format!("{}/{}", net.guest_ip, net.prefix)));
+        assert_eq!(agent.ipv4_gateway, Some(net.host_ip.to_string()));
+        assert_eq!(agent.dns_servers, ["9.9.9.9"]);
+    }
+
+    #[test]
+    fn programs_and_instances_share_one_pool() {
+        let programs = ProgramNetwork::new(NetworkConfig::default()).unwrap();
+        let shared = programs.subnets();
+        let taken = shared.lock().unwrap().allocate().unwrap();
+        let net = programs
+            .network
+            .vm_net("0123456789abcdef", taken.index)
+            .unwrap();
+        // Adopting an execution on a subnet an instance holds fails.
+        assert!(!programs.reserve(&net));
+        shared.lock().unwrap().release(taken.index);
+        assert!(programs.reserve(&net));
+    }
+}
