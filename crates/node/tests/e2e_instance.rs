@@ -751,8 +751,9 @@ fn crn_listing(ns: &str, hash: &str) -> Value {
 }
 
 /// A program uploaded with `--internet` (on the CRN that runs the instances; the host's
-/// service stand-in is up): its VM reaches the owner's machine through NAT, not the
-/// host's service, and its network card goes when its VM stops (a code update).
+/// service stand-in is up): its VM reaches the owner's machine through NAT (IPv4 and
+/// IPv6), not the host's service, and its network card goes when its VM stops (a code
+/// update).
 fn program_with_internet(namespaces: &Namespaces, info: &Value, dir: &Path) {
     let source = dir.join("reach-app");
     std::fs::create_dir_all(&source).unwrap();
@@ -793,7 +794,8 @@ def reach(host: str, port: int):
     let owner_service = Killed(
         Namespaces::command(&namespaces.owner, Path::new("python3"))
             .args(["-m", "http.server", &OWNER_SERVICE_PORT_V4.to_string()])
-            .args(["--bind", OWNER_SIDE])
+            // Both families (the v4-mapped socket takes IPv4 too).
+            .args(["--bind", "::"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -830,13 +832,24 @@ def reach(host: str, port: int):
         "program with --internet: upload → reaching the owner's machine {:.1?}",
         started.elapsed()
     );
+    // IPv6 too (devnet `--ipv6`): out through NAT66.
+    let answer = reach(OWNER_SIDE_V6, OWNER_SERVICE_PORT_V4);
+    assert_eq!(
+        answer["reached"], true,
+        "the program did not reach the owner's machine over IPv6: {answer}"
+    );
     drop(owner_service);
     let listing = crn_listing(&namespaces.crn, &hash);
     let gateway = listing["networking"]["ipv4_network"]
         .as_str()
         .map(|net| net.replace(".0/24", ".1"))
         .unwrap_or_else(|| panic!("the program's network in the CRN's listing: {listing}"));
-    for target in [gateway.as_str(), CRN_SIDE] {
+    let gateway_v6 = listing["networking"]["ipv6_network"]
+        .as_str()
+        .and_then(|net| net.split('/').next()?.parse::<std::net::Ipv6Addr>().ok())
+        .map(|net| std::net::Ipv6Addr::from(u128::from(net) + 1).to_string())
+        .unwrap_or_else(|| panic!("the program's IPv6 network in the CRN's listing: {listing}"));
+    for target in [gateway.as_str(), CRN_SIDE, gateway_v6.as_str(), CRN_SIDE_V6] {
         let answer = reach(target, HOST_SERVICE_PORT);
         assert_eq!(
             answer["reached"], false,
