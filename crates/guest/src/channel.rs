@@ -194,8 +194,8 @@ impl Port {
         self.on_end.notify_one();
     }
 
-    /// Reads what the port has next into `pending`, or ends the connection; pending
-    /// while a hang-up settles or nothing has come.
+    /// Reads what the port has next into `pending`, ends the connection, or settles a
+    /// hang-up as stale; pending while a hang-up settles or nothing has come.
     fn poll_fill(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         let mut buf = std::mem::take(&mut self.scratch);
         let filled = self.poll_fill_into(cx, &mut buf);
@@ -241,10 +241,12 @@ impl Port {
                         }
                         if hang_up.since.elapsed() >= HOST_BACK_HOLD {
                             // Stale, or a new host slow to start: its preface is still
-                            // recognised at the start of the next read.
+                            // recognised at the start of the next read. Settled: a
+                            // write waiting on it goes on now (the host may be waiting
+                            // for that answer, with nothing more to send).
                             self.after_hang_up = true;
                             self.resume()?;
-                            continue;
+                            return Poll::Ready(Ok(()));
                         }
                     }
                     Err(e) => return Poll::Ready(Err(e.into())),
@@ -379,8 +381,13 @@ impl AsyncWrite for Port {
         loop {
             // Whatever is written during a hang-up, or after, would reach the next
             // host's connection.
+            let unread = self.pending.len();
             while self.hang_up.is_some() && !self.ended {
                 ready!(self.poll_fill(cx))?;
+            }
+            if self.pending.len() > unread {
+                // Read here, not where hyper waits for it: have the reader look again.
+                cx.waker().wake_by_ref();
             }
             if self.ended {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));

@@ -24,8 +24,8 @@ pub(super) struct Sessions {
     /// same dead session replace it once, not once each.
     current: Mutex<Option<Session>>,
     opened: AtomicU64,
-    /// When a session last failed: the next one waits [`RESYNC_PAUSE`] after it, so the
-    /// agent sees the host leave before the new session's bytes arrive.
+    /// When a session last failed or was dropped: the next one waits [`RESYNC_PAUSE`]
+    /// after it, so the agent sees the host leave before the new session's bytes arrive.
     failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -88,12 +88,14 @@ impl Sessions {
         }
     }
 
-    /// Drops the current session, whatever it is (the next request opens a new one).
-    /// Waits (briefly) until its socket is closed, so that a caller who then hands the
-    /// VM over knows the agent can see the host leave.
+    /// Drops the current session, whatever it is (the next request opens a new one,
+    /// after [`RESYNC_PAUSE`]: the agent answers the GOAWAY this sends, and the answer
+    /// must not reach the next session). Waits (briefly) until its socket is closed, so
+    /// that a caller who then hands the VM over knows the agent can see the host leave.
     pub async fn reset(&self) {
         let session = self.current.lock().await.take();
         if let Some(Session { sender, driver, .. }) = session {
+            *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             drop(sender);
             // Requests still in flight hold the connection open; do not wait for them.
             let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
