@@ -17,10 +17,10 @@
 //!
 //! # Instances' network (see docs/operator-guide.md)
 //! [network]
-//! ipv4_pool = ["172.16.0.0", 12]    # one /24 per instance: host .1, guest .2
+//! ipv4_pool = ["172.16.0.0", 12]    # one /24 per VM: host .1, guest .2
 //! port_range = [24000, 28000]       # host ports forwarded to instances (SSH first)
 //! uplink = "eth0"                   # where instances' traffic leaves; default: any
-//! ipv6_pool = ["fd00:a1e::", 64]    # IPv6 for instances (off by default), a /124 each
+//! ipv6_pool = ["fd00:a1e::", 64]    # IPv6 for VMs (off by default), a /124 each
 //! ```
 
 use crate::network::NetworkConfig;

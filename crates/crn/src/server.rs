@@ -111,7 +111,6 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
         ..QemuConfig::default()
     };
     let driver = QemuDriver::new(qemu.clone());
-    let network = config.network.clone();
     let resources = Resources::new(CcnClient::new(config.ccn_url()), &config.data_dir)?;
     let records = Records::open(&config.data_dir.join("records.sqlite")).await?;
     let memory = crate::about::total_memory_mib().saturating_sub(config.reserved_memory_mib);
@@ -151,7 +150,7 @@ pub async fn start_with_images(config: CrnConfig, images: BootImages) -> Result<
 
     // The programs the stored allocation lists are marked persistent before the idle
     // reaper first runs, so an adopted one is never taken for an idle on-demand VM.
-    let instances = Instances::open(pool.clone(), Box::new(QemuDriver::new(qemu)), network).await?;
+    let instances = Instances::open(pool.clone(), Box::new(QemuDriver::new(qemu))).await?;
     let persistent = Persistent::open(pool.clone(), instances.clone(), heartbeats.is_some())?;
     let sender = heartbeats
         .map(|settings| {

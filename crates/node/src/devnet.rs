@@ -72,7 +72,8 @@ pub struct Args {
     /// nor copy its ~1 GiB into a new devnet's CCN.
     #[arg(long)]
     no_rootfs: bool,
-    /// Give instances IPv6 addresses too (a ULA /64 per CRN, NAT66). Off by default: it
+    /// Give VMs (instances, programs with the internet) IPv6 addresses too (a ULA /64
+    /// per CRN, NAT66). Off by default: it
     /// turns IPv6 forwarding on, which stops a host using SLAAC from taking router
     /// advertisements (unless accept_ra=2), so use it on a server or in a namespace.
     #[arg(long)]

@@ -79,41 +79,14 @@ impl Namespaces {
                 &namespaces.owner,
             ],
         );
-        for (ns, link, address) in [
-            (&namespaces.crn, &veth, CRN_SIDE),
-            (&namespaces.owner, &peer, OWNER_SIDE),
+        for (ns, link, v4, v6) in [
+            (&namespaces.crn, &veth, CRN_SIDE, CRN_SIDE_V6),
+            (&namespaces.owner, &peer, OWNER_SIDE, OWNER_SIDE_V6),
         ] {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{address}/30"),
-                    "dev",
-                    link,
-                ],
-            );
+            let (v4, v6) = (format!("{v4}/30"), format!("{v6}/64"));
+            run("ip", &["-n", ns, "addr", "add", &v4, "dev", link]);
+            run("ip", &["-n", ns, "addr", "add", &v6, "dev", link, "nodad"]);
             run("ip", &["-n", ns, "link", "set", link, "up"]);
-        }
-        for (ns, link, address) in [
-            (&namespaces.crn, &veth, CRN_SIDE_V6),
-            (&namespaces.owner, &peer, OWNER_SIDE_V6),
-        ] {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{address}/64"),
-                    "dev",
-                    link,
-                    "nodad",
-                ],
-            );
         }
         namespaces
     }

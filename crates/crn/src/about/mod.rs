@@ -170,32 +170,36 @@ fn status(execution: &Execution) -> Value {
     })
 }
 
-/// A program's network: every field the reference has, empty for a program without
-/// a network card (one that did not ask for the internet). No ports are mapped.
-fn networking(net: Option<&VmNet>) -> Value {
+/// A VM's network as clients read it (v2): its addresses, every field `null` for a
+/// program without a network card and the IPv6 ones where the node has no IPv6 pool,
+/// and the host ports forwarded to it by guest port (an instance's: 22 always, then
+/// those of its owner's `port-forwarding` aggregate; a program has none):
+/// `{"22": {"host": 24000, "tcp": true, "udp": false}}`.
+fn networking(net: Option<&VmNet>, mapped_ports: Value) -> Value {
+    let v6 = net.and_then(|net| net.ipv6);
     json!({
-        "ipv4_network": net.map(|net| format!("{}/{}", net.network(), net.prefix)),
+        "ipv4_network": net.map(VmNet::cidr),
         "host_ipv4": null,
         "ipv4_ip": net.map(|net| net.guest_ip.to_string()),
-        "ipv6_network": net.and_then(|net| net.ipv6).map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
-        "ipv6_ip": net.and_then(|net| net.ipv6).map(|v6| v6.guest_ip.to_string()),
-        "mapped_ports": {},
+        "ipv6_network": v6.map(|v6| v6.cidr()),
+        "ipv6_ip": v6.map(|v6| v6.guest_ip.to_string()),
+        "mapped_ports": mapped_ports,
     })
 }
 
-/// An instance's network as clients read it: its addresses (IPv6 ones `null` where
-/// the node has no IPv6 pool) and the host ports forwarded to it by guest port (22
-/// always, then those of its owner's `port-forwarding` aggregate):
-/// `{"22": {"host": 24000, "tcp": true, "udp": false}}`.
+/// An instance's network (v2).
 fn instance_networking(status: &InstanceStatus) -> Value {
-    let net = &status.record.net;
+    networking(
+        Some(&status.record.net),
+        json!(status.record.port_mapping()),
+    )
+}
+
+/// A VM's subnets as the v1 list gives them.
+fn networking_v1(net: Option<&VmNet>) -> Value {
     json!({
-        "ipv4_network": format!("{}/{}", net.network(), net.prefix),
-        "host_ipv4": null,
-        "ipv4_ip": net.guest_ip.to_string(),
-        "ipv6_network": net.ipv6.map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
-        "ipv6_ip": net.ipv6.map(|v6| v6.guest_ip.to_string()),
-        "mapped_ports": status.record.port_mapping(),
+        "ipv4": net.map(VmNet::cidr),
+        "ipv6": net.and_then(|net| net.ipv6).map(|v6| v6.cidr()),
     })
 }
 
@@ -220,10 +224,7 @@ pub fn executions_v1(
             (
                 e.program.item_hash.clone(),
                 json!({
-                    "networking": {
-                        "ipv4": e.prepared.net.as_ref().map(|net| format!("{}/{}", net.network(), net.prefix)),
-                        "ipv6": e.prepared.net.as_ref().and_then(|net| net.ipv6).map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
-                    },
+                    "networking": networking_v1(e.prepared.net.as_ref()),
                     "status": status(e),
                     "running": e.state() == crate::execution::state::State::Running,
                 }),
@@ -231,14 +232,10 @@ pub fn executions_v1(
         })
         .collect();
     for instance in instances {
-        let net = &instance.record.net;
         map.insert(
             instance.item_hash.clone(),
             json!({
-                "networking": {
-                    "ipv4": format!("{}/{}", net.network(), net.prefix),
-                    "ipv6": net.ipv6.as_ref().map(|v6| format!("{}/{}", v6.network(), v6.prefix)),
-                },
+                "networking": networking_v1(Some(&instance.record.net)),
                 "status": instance_status(instance),
                 "running": instance.running,
             }),
@@ -258,7 +255,7 @@ pub fn executions_v2(
             (
                 e.program.item_hash.clone(),
                 json!({
-                    "networking": networking(e.prepared.net.as_ref()),
+                    "networking": networking(e.prepared.net.as_ref(), json!({})),
                     "status": status(e),
                     "running": e.state() == crate::execution::state::State::Running,
                     "vm_type": "microvm",

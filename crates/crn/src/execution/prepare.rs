@@ -28,7 +28,7 @@ pub struct Prepared {
     pub spec: VmSpec,
     pub agent: AgentConfig,
     /// The network card of a program that asked for the internet (see
-    /// [`crate::pool::network`]).
+    /// [`crate::network::shared`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<VmNet>,
 }
@@ -37,7 +37,7 @@ impl Prepared {
     /// Gives the VM its network card and tells the agent how to set it up.
     pub fn connect(&mut self, net: VmNet) {
         self.spec.network = Some(net.tap_spec());
-        self.agent.network = Some(crate::pool::network::agent_network(&net));
+        self.agent.network = Some(crate::network::shared::agent_network(&net));
         self.net = Some(net);
     }
 }

@@ -31,7 +31,7 @@ use crate::hypervisor::{
     VmSpec, VmStatus,
 };
 use crate::instance::{InstanceDisks, SeedConfig, SeedMount, create_overlay, write_seed};
-use crate::network::{AddressPool, HostPorts, LoopbackRelay, NetworkConfig, VmNet, VmNetwork};
+use crate::network::{AddressPool, HostPorts, LoopbackRelay, VmNet, VmNetwork};
 use crate::persistent::backoff::{BackoffPolicy, Restarts};
 use crate::pool::Pool;
 use crate::pool::admission::{Amount, Reservation};
@@ -70,7 +70,7 @@ struct Running {
     _reservation: Option<Reservation>,
 }
 
-/// The node's subnets, shared with programs (see [`crate::pool::network`]).
+/// The node's subnets, shared with programs (see [`crate::network::shared`]).
 struct Subnets(Arc<Mutex<AddressPool>>);
 
 impl Subnets {
@@ -121,12 +121,12 @@ impl Instances {
     pub async fn open(
         pool: Arc<Pool>,
         hypervisor: Box<dyn Hypervisor>,
-        network: NetworkConfig,
     ) -> anyhow::Result<Arc<Self>> {
         let data_dir = pool.config().data_dir.clone();
         let root = data_dir.join("instances");
         std::fs::create_dir_all(&root)?;
-        let network = VmNetwork::new(network)?;
+        // The node's network, with the pool's configuration and subnets.
+        let network = pool.network().vm_network().clone();
         let subnets = Subnets(pool.network().subnets());
         let mut ports = HostPorts::new(network.config());
         let config = pool.config();
@@ -809,9 +809,7 @@ fn static_network(net: &VmNet) -> crate::instance::StaticNetwork {
         gateway_v4: net.host_ip,
         ipv6: net.ipv6.map(|v6| Ipv6Cidr::new(v6.guest_ip, v6.prefix)),
         gateway_v6: net.ipv6.map(|v6| v6.host_ip),
-        // The host's resolver is not reachable from VMs (they are kept off the host's
-        // services); a public one is.
-        nameservers: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(9, 9, 9, 9))],
+        nameservers: vec![std::net::IpAddr::V4(crate::network::VM_NAMESERVER)],
     }
 }
 

@@ -16,6 +16,7 @@ pub mod pool_v6;
 pub mod ports;
 pub mod relay;
 pub mod rules;
+pub mod shared;
 pub mod tap;
 
 pub use config::NetworkConfig;
@@ -26,11 +27,16 @@ pub use pool_v6::{Ipv6Pool, VmSubnetV6};
 pub use ports::HostPorts;
 pub use relay::LoopbackRelay;
 pub use rules::{PortForward, Protocol};
+pub use shared::SharedNetwork;
 
 use crate::hypervisor::TapSpec;
 use error::Result;
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The name server VMs are given: the host's own resolver is not reachable from them
+/// (they are kept off the host's services); a public one is.
+pub const VM_NAMESERVER: Ipv4Addr = Ipv4Addr::new(9, 9, 9, 9);
 
 /// The guest port every instance gets forwarded (SSH).
 pub const SSH_PORT: u16 = 22;
@@ -81,6 +87,11 @@ impl VmNetV6 {
             .unwrap_or(0);
         Ipv6Addr::from(u128::from(self.guest_ip) & mask)
     }
+
+    /// The subnet as `network/prefix`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network(), self.prefix)
+    }
 }
 
 impl VmNet {
@@ -126,6 +137,11 @@ impl VmNet {
             .checked_shl(32 - u32::from(self.prefix))
             .unwrap_or(0);
         Ipv4Addr::from(u32::from(self.guest_ip) & mask)
+    }
+
+    /// The IPv4 subnet as `network/prefix`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network(), self.prefix)
     }
 
     /// What the hypervisor needs to plug the guest in.

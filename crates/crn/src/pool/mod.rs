@@ -4,7 +4,6 @@
 //! on a node's start, the VMs an earlier node process left running taken back.
 
 pub mod admission;
-pub mod network;
 pub mod updates;
 
 use crate::channel::AgentChannel;
@@ -14,6 +13,7 @@ use crate::execution::prepare::{self, BootImages};
 use crate::execution::state::{Lifecycle, State};
 use crate::execution::{Execution, ExecutionFile, Startup};
 use crate::hypervisor::{Hypervisor, StopTimeouts, VmStatus};
+use crate::network::SharedNetwork;
 use crate::records::{ExecutionRecord, Records};
 use crate::resources::{ProgramMessage, Resources};
 use admission::{Admission, Amount, Reservation};
@@ -22,7 +22,6 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hyper::body::Incoming;
-use network::ProgramNetwork;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,8 +48,9 @@ pub struct Pool {
     resources: Resources,
     records: Records,
     admission: Admission,
-    /// Network cards of the programs that ask for the internet.
-    network: ProgramNetwork,
+    /// The VM network, shared with instances; programs that ask for the internet are
+    /// plugged into it.
+    network: SharedNetwork,
     executions_dir: PathBuf,
     volumes_dir: PathBuf,
     entries: Mutex<HashMap<String, Entry>>,
@@ -81,7 +81,7 @@ impl Pool {
         let executions_dir = config.data_dir.join("executions");
         let volumes_dir = config.data_dir.join("volumes");
         std::fs::create_dir_all(&executions_dir)?;
-        let network = ProgramNetwork::new(config.network.clone()).map_err(std::io::Error::other)?;
+        let network = SharedNetwork::new(config.network.clone()).map_err(std::io::Error::other)?;
         Ok(Self {
             network,
             config,
@@ -108,8 +108,8 @@ impl Pool {
         &self.resources
     }
 
-    /// The node's VM network as programs use it (its subnets are shared with instances).
-    pub fn network(&self) -> &ProgramNetwork {
+    /// The node's VM network, for programs and instances alike.
+    pub fn network(&self) -> &SharedNetwork {
         &self.network
     }
 

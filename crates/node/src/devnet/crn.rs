@@ -43,7 +43,7 @@ pub struct CrnOptions<'a> {
     /// Which of the devnet's CRNs (0 for the first): chooses its share of the host's
     /// VM network.
     pub index: usize,
-    /// Instances get IPv6 addresses too.
+    /// VMs get IPv6 addresses too.
     pub ipv6: bool,
     /// The CRN's own folder.
     pub data_dir: &'a Path,
@@ -84,7 +84,7 @@ fn write_config(options: &CrnOptions<'_>, listen: SocketAddr) -> Result<PathBuf>
 }
 
 /// The devnet's CRNs share one host: each gets its own /16 of 172.16.0.0/12 for its
-/// instances, its own thousand host ports from 24000 and its own nftables table, so
+/// VMs, its own thousand host ports from 24000 and its own nftables table, so
 /// their TAP devices, forwards and rules never meet.
 /// With `ipv6`, each also gets its own ULA /64 (`fd00:a1e:<i-1>::/64`).
 fn vm_network(index: usize, ipv6: bool) -> Result<aleph_crn::network::NetworkConfig> {

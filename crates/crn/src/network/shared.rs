@@ -1,18 +1,20 @@
-//! The network of programs that ask for the internet (`environment.internet`): a TAP
-//! device with an address from the node's pool (shared with instances), NAT out, and
-//! the isolation rules of instances (no other VM, none of the host's own services). No
-//! port is forwarded in: requests reach a program through its agent. A program that
-//! does not ask gets no network card at all.
+//! The node's VM network, one for programs and instances: one configuration, one pool
+//! of subnets (so neither ever takes the other's), the host set up once. Instances wire
+//! themselves with [`SharedNetwork::vm_network`] (their subnet is kept in their record,
+//! their ports forwarded); a program that asks for the internet (`environment.internet`)
+//! is plugged in for as long as its VM runs: a TAP device, NAT out and the isolation
+//! rules (no other VM, none of the host's own services), no port forwarded in (requests
+//! reach it through its agent). A program that does not ask gets no network card.
 
+use super::{AddressPool, NetworkConfig, NetworkError, VM_NAMESERVER, VmNet, VmNetwork};
 use crate::error::ProgramError;
-use crate::network::{AddressPool, NetworkConfig, NetworkError, VmNet, VmNetwork};
 use aleph_protocol::agent::NetworkConfig as AgentNetwork;
 use std::sync::{Arc, Mutex};
 
 /// The guest's interface: the VM's only network card.
 const GUEST_INTERFACE: &str = "eth0";
 
-pub struct ProgramNetwork {
+pub struct SharedNetwork {
     network: VmNetwork,
     /// The node's subnets, handed out to programs and instances alike.
     subnets: Arc<Mutex<AddressPool>>,
@@ -20,9 +22,8 @@ pub struct ProgramNetwork {
     ready: tokio::sync::OnceCell<()>,
 }
 
-impl ProgramNetwork {
-    /// Checks the pools of `config`; touches nothing on the host until a program
-    /// needs it.
+impl SharedNetwork {
+    /// Checks the pools of `config`; touches nothing on the host until a VM needs it.
     pub fn new(config: NetworkConfig) -> Result<Self, NetworkError> {
         let subnets = AddressPool::new(&config)?;
         Ok(Self {
@@ -35,6 +36,11 @@ impl ProgramNetwork {
     /// The node's subnets, for the instances to take theirs from.
     pub fn subnets(&self) -> Arc<Mutex<AddressPool>> {
         self.subnets.clone()
+    }
+
+    /// Sets VMs' networks up and tears them down, with the node's configuration.
+    pub fn vm_network(&self) -> &VmNetwork {
+        &self.network
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AddressPool> {
@@ -54,7 +60,8 @@ impl ProgramNetwork {
             .map_err(|e| ProgramError::internal(format!("host network: {e}")))
     }
 
-    /// Wires execution `id`: a subnet, its TAP and rules. Nothing stays on failure.
+    /// Wires program execution `id`: a subnet, its TAP and rules. Nothing stays on
+    /// failure.
     pub async fn plug(&self, id: &str) -> Result<VmNet, ProgramError> {
         self.ensure_ready().await?;
         let subnet = self
@@ -92,9 +99,7 @@ pub fn agent_network(net: &VmNet) -> AgentNetwork {
         ipv4_gateway: Some(net.host_ip.to_string()),
         ipv6: net.ipv6.map(|v6| format!("{}/{}", v6.guest_ip, v6.prefix)),
         ipv6_gateway: net.ipv6.map(|v6| v6.host_ip.to_string()),
-        // The host's resolver is not reachable from VMs (they are kept off the host's
-        // services); a public one is.
-        dns_servers: vec!["9.9.9.9".into()],
+        dns_servers: vec![VM_NAMESERVER.to_string()],
     }
 }
 
@@ -115,7 +120,7 @@ mod tests {
 
     #[test]
     fn programs_and_instances_share_one_pool() {
-        let programs = ProgramNetwork::new(NetworkConfig::default()).unwrap();
+        let programs = SharedNetwork::new(NetworkConfig::default()).unwrap();
         let shared = programs.subnets();
         let taken = shared.lock().unwrap().allocate().unwrap();
         let net = programs
