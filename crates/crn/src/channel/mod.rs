@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, BodyStream, Empty, Full};
 use hyper::body::Incoming;
-use session::{RESYNC_PAUSE, Sessions};
+use session::Sessions;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -151,10 +151,8 @@ impl AgentChannel {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    self.disconnect().await;
-                    tokio::time::sleep(RESYNC_PAUSE.min(left)).await;
-                }
+                // The next attempt's session waits `RESYNC_PAUSE` after this one.
+                Err(_) => self.disconnect().await,
             }
         }
     }

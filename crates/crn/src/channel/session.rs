@@ -26,7 +26,7 @@ pub(super) struct Sessions {
     opened: AtomicU64,
     /// When a session last failed or was dropped: the next one waits [`RESYNC_PAUSE`]
     /// after it, so the agent sees the host leave before the new session's bytes arrive.
-    failed_at: std::sync::Mutex<Option<Instant>>,
+    ended_at: std::sync::Mutex<Option<Instant>>,
 }
 
 struct Session {
@@ -49,7 +49,7 @@ impl Sessions {
             endpoint,
             current: Mutex::new(None),
             opened: AtomicU64::new(0),
-            failed_at: std::sync::Mutex::new(None),
+            ended_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -65,9 +65,9 @@ impl Sessions {
         {
             return Ok((session.generation, session.sender.clone()));
         }
-        let failed_at = *self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(failed_at) = failed_at {
-            tokio::time::sleep_until((failed_at + RESYNC_PAUSE).into()).await;
+        let ended_at = *self.ended_at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ended_at) = ended_at {
+            tokio::time::sleep_until((ended_at + RESYNC_PAUSE).into()).await;
         }
         let generation = self.opened.fetch_add(1, Ordering::Relaxed);
         let (sender, driver) = self.open().await?;
@@ -83,7 +83,7 @@ impl Sessions {
     pub async fn discard(&self, generation: u64) {
         let mut current = self.current.lock().await;
         if current.as_ref().is_some_and(|s| s.generation == generation) {
-            *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            *self.ended_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             *current = None;
         }
     }
@@ -95,7 +95,7 @@ impl Sessions {
     pub async fn reset(&self) {
         let session = self.current.lock().await.take();
         if let Some(Session { sender, driver, .. }) = session {
-            *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            *self.ended_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             drop(sender);
             // Requests still in flight hold the connection open; do not wait for them.
             let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;

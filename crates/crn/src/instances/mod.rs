@@ -31,7 +31,7 @@ use crate::hypervisor::{
     VmSpec, VmStatus,
 };
 use crate::instance::{InstanceDisks, SeedConfig, SeedMount, create_overlay, write_seed};
-use crate::network::{AddressPool, HostPorts, LoopbackRelay, VmNet, VmNetwork};
+use crate::network::{HostPorts, LoopbackRelay, VmNet, VmNetwork};
 use crate::persistent::backoff::{BackoffPolicy, Restarts};
 use crate::pool::Pool;
 use crate::pool::admission::{Amount, Reservation};
@@ -70,17 +70,7 @@ struct Running {
     _reservation: Option<Reservation>,
 }
 
-/// The node's subnets, shared with programs (see [`crate::network::shared`]).
-struct Subnets(Arc<Mutex<AddressPool>>);
-
-impl Subnets {
-    fn lock(&self) -> std::sync::MutexGuard<'_, AddressPool> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 struct State {
-    subnets: Subnets,
     ports: HostPorts,
     running: HashMap<String, Running>,
     /// Starts under way, so the loop does not queue more.
@@ -96,7 +86,6 @@ struct State {
 pub struct Instances {
     pool: Arc<Pool>,
     hypervisor: Box<dyn Hypervisor>,
-    network: VmNetwork,
     root: PathBuf,
     volumes_dir: PathBuf,
     kernels_dir: PathBuf,
@@ -116,6 +105,11 @@ fn folder_name(hash: &str) -> &str {
 }
 
 impl Instances {
+    /// Sets instances' networks up and tears them down: the node's, held by the pool.
+    fn network(&self) -> &VmNetwork {
+        self.pool.network().vm_network()
+    }
+
     /// Takes back the instances an earlier node process left: their addresses and
     /// ports stay reserved, and the VMs still running are adopted.
     pub async fn open(
@@ -125,10 +119,9 @@ impl Instances {
         let data_dir = pool.config().data_dir.clone();
         let root = data_dir.join("instances");
         std::fs::create_dir_all(&root)?;
-        // The node's network, with the pool's configuration and subnets.
-        let network = pool.network().vm_network().clone();
-        let subnets = Subnets(pool.network().subnets());
-        let mut ports = HostPorts::new(network.config());
+        // The node's network and subnets are the pool's (see [`crate::network::shared`]).
+        let network = pool.network();
+        let mut ports = HostPorts::new(network.vm_network().config());
         let config = pool.config();
         let policy = BackoffPolicy {
             initial: Duration::from_millis(config.restart_backoff_initial_ms.max(1)),
@@ -141,8 +134,7 @@ impl Instances {
                 continue;
             };
             let hash = record.message.item_hash.clone();
-            if subnets.lock().reserve(record.net.index).is_err() || !ports.reserve(record.ssh_port)
-            {
+            if !network.reserve(record.net.index) || !ports.reserve(record.ssh_port) {
                 tracing::warn!("instance {hash}: its address or port is taken twice");
             }
             for (guest, mapped) in &record.forwarded_ports {
@@ -166,7 +158,7 @@ impl Instances {
                     },
                 );
             } else {
-                follow_ipv6_setting(&network, &mut record, &folder);
+                follow_ipv6_setting(network.vm_network(), &mut record, &folder);
             }
         }
         let aggregates = AggregateReader::new(config.ccn_url());
@@ -175,11 +167,9 @@ impl Instances {
             kernels_dir: boot::cache_dir(&data_dir),
             pool,
             hypervisor,
-            network,
             root,
             policy,
             state: Mutex::new(State {
-                subnets,
                 ports,
                 running,
                 starting: Default::default(),
@@ -380,7 +370,7 @@ impl Instances {
 
         self.pool.network().ensure_ready().await?;
         let net = self
-            .network
+            .network()
             .setup(&hash, record.net.index)
             .await
             .map_err(|e| ProgramError::internal(format!("network: {e}")))?;
@@ -424,7 +414,7 @@ impl Instances {
     /// Undoes a start's network (TAP, rules, forwards, relays) after it failed.
     async fn unplug(&self, hash: &str, net: &VmNet) {
         self.relays.lock().expect("relays").remove(hash);
-        if let Err(e) = self.network.teardown(net).await {
+        if let Err(e) = self.network().teardown(net).await {
             tracing::warn!("instance {hash}: network not torn down: {e}");
         }
     }
@@ -453,24 +443,24 @@ impl Instances {
         }
         let (subnet, ssh_port) = {
             let mut state = self.state();
-            let subnet = state
-                .subnets
-                .lock()
+            let subnet = self
+                .pool
+                .network()
                 .allocate()
                 .map_err(|e| ProgramError::NoCapacity(e.to_string()))?;
             match state.ports.allocate() {
                 Ok(port) => (subnet, port),
                 Err(e) => {
-                    state.subnets.lock().release(subnet.index);
+                    self.pool.network().release(subnet.index);
                     return Err(ProgramError::NoCapacity(e.to_string()));
                 }
             }
         };
-        let net = match self.network.vm_net(hash, subnet.index) {
+        let net = match self.network().vm_net(hash, subnet.index) {
             Ok(net) => net,
             Err(e) => {
                 let mut state = self.state();
-                state.subnets.lock().release(subnet.index);
+                self.pool.network().release(subnet.index);
                 state.ports.release(ssh_port);
                 return Err(ProgramError::internal(format!("network: {e}")));
             }
@@ -485,7 +475,7 @@ impl Instances {
         };
         if let Err(e) = record.save(folder) {
             let mut state = self.state();
-            state.subnets.lock().release(subnet.index);
+            self.pool.network().release(subnet.index);
             state.ports.release(ssh_port);
             return Err(ProgramError::internal(format!("{}: {e}", folder.display())));
         }
@@ -630,7 +620,7 @@ impl Instances {
         .await;
         tracing::info!("instance {hash} stopped ({reason}): {outcome:?}");
         if let Some(record) = self.record(hash)
-            && let Err(e) = self.network.teardown(&record.net).await
+            && let Err(e) = self.network().teardown(&record.net).await
         {
             tracing::warn!("instance {hash}: network not torn down: {e}");
         }
@@ -710,14 +700,14 @@ impl Instances {
         };
         self.stop(hash, "deallocated").await;
         // A VM adopted as stopped still has its rules if the node died mid-stop.
-        if let Err(e) = self.network.teardown(&record.net).await {
+        if let Err(e) = self.network().teardown(&record.net).await {
             tracing::warn!("instance {hash}: network not torn down: {e}");
         }
         let folder = self.folder(hash);
         std::fs::remove_dir_all(&folder)
             .map_err(|e| ProgramError::internal(format!("{}: {e}", folder.display())))?;
         let mut state = self.state();
-        state.subnets.lock().release(record.net.index);
+        self.pool.network().release(record.net.index);
         for mapped in record.port_mapping().values() {
             state.ports.release(mapped.host);
         }

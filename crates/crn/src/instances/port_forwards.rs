@@ -95,7 +95,7 @@ impl Instances {
         let mut failed_removals = Vec::new();
         for forward in &changes.remove {
             let removed = self
-                .network
+                .network()
                 .firewall()
                 .remove_forward(&record.net.vm_id, forward.protocol, forward.host_port)
                 .await;
@@ -113,7 +113,7 @@ impl Instances {
         let mut failed_adds = Vec::new();
         for forward in &changes.add {
             let added = self
-                .network
+                .network()
                 .add_forward(
                     &record.net,
                     forward.protocol,
@@ -163,7 +163,7 @@ impl Instances {
     /// Relays `127.0.0.1:host_port` to the guest's port (when configured); a port taken
     /// by something else on the host only costs that convenience.
     pub(super) async fn open_relay(&self, record: &InstanceRecord, host_port: u16, guest: u16) {
-        if !self.network.config().loopback_relay {
+        if !self.network().config().loopback_relay {
             return;
         }
         let hash = &record.message.item_hash;

@@ -6,10 +6,10 @@
 //! rules (no other VM, none of the host's own services), no port forwarded in (requests
 //! reach it through its agent). A program that does not ask gets no network card.
 
-use super::{AddressPool, NetworkConfig, NetworkError, VM_NAMESERVER, VmNet, VmNetwork};
+use super::{AddressPool, NetworkConfig, NetworkError, VM_NAMESERVER, VmNet, VmNetwork, VmSubnet};
 use crate::error::ProgramError;
 use aleph_protocol::agent::NetworkConfig as AgentNetwork;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// The guest's interface: the VM's only network card.
 const GUEST_INTERFACE: &str = "eth0";
@@ -17,7 +17,7 @@ const GUEST_INTERFACE: &str = "eth0";
 pub struct SharedNetwork {
     network: VmNetwork,
     /// The node's subnets, handed out to programs and instances alike.
-    subnets: Arc<Mutex<AddressPool>>,
+    subnets: Mutex<AddressPool>,
     /// Our nftables table and base chains exist, and forwarding is on.
     ready: tokio::sync::OnceCell<()>,
 }
@@ -28,14 +28,9 @@ impl SharedNetwork {
         let subnets = AddressPool::new(&config)?;
         Ok(Self {
             network: VmNetwork::new(config)?,
-            subnets: Arc::new(Mutex::new(subnets)),
+            subnets: Mutex::new(subnets),
             ready: tokio::sync::OnceCell::new(),
         })
-    }
-
-    /// The node's subnets, for the instances to take theirs from.
-    pub fn subnets(&self) -> Arc<Mutex<AddressPool>> {
-        self.subnets.clone()
     }
 
     /// Sets VMs' networks up and tears them down, with the node's configuration.
@@ -45,6 +40,22 @@ impl SharedNetwork {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AddressPool> {
         self.subnets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free subnet, for a program or an instance.
+    pub fn allocate(&self) -> Result<VmSubnet, NetworkError> {
+        self.lock().allocate()
+    }
+
+    /// Takes back subnet `index` of a VM an earlier node process left (false: it is
+    /// taken already).
+    pub fn reserve(&self, index: u32) -> bool {
+        self.lock().reserve(index).is_ok()
+    }
+
+    /// Gives subnet `index` back.
+    pub fn release(&self, index: u32) {
+        self.lock().release(index);
     }
 
     /// Turns forwarding on and makes our nftables table and base chains, once: before
@@ -65,21 +76,15 @@ impl SharedNetwork {
     pub async fn plug(&self, id: &str) -> Result<VmNet, ProgramError> {
         self.ensure_ready().await?;
         let subnet = self
-            .lock()
             .allocate()
             .map_err(|e| ProgramError::NoCapacity(e.to_string()))?;
         match self.network.setup(id, subnet.index).await {
             Ok(net) => Ok(net),
             Err(e) => {
-                self.lock().release(subnet.index);
+                self.release(subnet.index);
                 Err(ProgramError::internal(format!("network: {e}")))
             }
         }
-    }
-
-    /// Takes back the subnet of an execution an earlier node process left running.
-    pub fn reserve(&self, net: &VmNet) -> bool {
-        self.lock().reserve(net.index).is_ok()
     }
 
     /// Removes the execution's TAP and rules and gives its subnet back.
@@ -87,7 +92,7 @@ impl SharedNetwork {
         if let Err(e) = self.network.teardown(net).await {
             tracing::warn!("execution {}: network not torn down: {e}", net.vm_id);
         }
-        self.lock().release(net.index);
+        self.release(net.index);
     }
 }
 
@@ -120,16 +125,12 @@ mod tests {
 
     #[test]
     fn programs_and_instances_share_one_pool() {
-        let programs = SharedNetwork::new(NetworkConfig::default()).unwrap();
-        let shared = programs.subnets();
-        let taken = shared.lock().unwrap().allocate().unwrap();
-        let net = programs
-            .network
-            .vm_net("0123456789abcdef", taken.index)
-            .unwrap();
+        let shared = SharedNetwork::new(NetworkConfig::default()).unwrap();
+        let taken = shared.allocate().unwrap();
         // Adopting an execution on a subnet an instance holds fails.
-        assert!(!programs.reserve(&net));
-        shared.lock().unwrap().release(taken.index);
-        assert!(programs.reserve(&net));
+        assert!(!shared.reserve(taken.index));
+        shared.release(taken.index);
+        assert!(shared.reserve(taken.index));
+        assert_ne!(shared.allocate().unwrap().index, taken.index);
     }
 }

@@ -643,7 +643,7 @@ impl Pool {
             .map_err(|e| format!("no room for it: {e}"))?;
         let hash = file.program.item_hash.clone();
         if let Some(net) = &file.prepared.net
-            && !self.network.reserve(net)
+            && !self.network.reserve(net.index)
         {
             return Err(format!("its subnet {} is taken twice", net.index));
         }
